@@ -1,0 +1,57 @@
+# kloop — run `make help` for the list of targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+export PYTHONUNBUFFERED := 1
+
+.DEFAULT_GOAL := help
+
+help: ## Show the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@echo ">> installing Python dependencies into $(VENV)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP) ## Create .venv with kloop and its dev tools
+
+lint: $(STAMP) ## ruff, mypy (strict) and the import contracts
+	$(VENV)/bin/ruff check operator tests e2e
+	$(VENV)/bin/ruff format --check operator tests e2e
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+fmt: $(STAMP) ## Format and autofix
+	$(VENV)/bin/ruff format operator tests e2e
+	$(VENV)/bin/ruff check --fix operator tests e2e
+
+crds: $(STAMP) ## Regenerate crds/ from the pydantic models
+	$(PY) -m kloop.api.crdgen crds
+
+test: lint ## Lint, then the whole suite: unit, integration (apiserver) and e2e (real pods)
+	$(PY) -m pytest tests e2e
+
+test-unit: $(STAMP) ## Only the pure unit tests (no cluster)
+	$(PY) -m pytest -m unit tests
+
+cluster-up: $(STAMP) ## Build (cached) and start the local cluster
+	$(PY) -m e2e.cluster up
+
+cluster-down: $(STAMP) ## Stop the local cluster and remove its state
+	$(PY) -m e2e.cluster down
+
+cluster-status: $(STAMP) ## Show which local cluster components run
+	$(PY) -m e2e.cluster status
+
+demo: $(STAMP) ## Start the cluster if needed, install CRDs, run the operator and a sample Loop
+	$(PY) -m e2e.demo
+
+bench: $(STAMP) ## Benchmarks; results go to docs/BENCHMARKS.md
+	$(PY) -m e2e.bench
+
+.PHONY: help venv lint fmt crds test test-unit cluster-up cluster-down cluster-status demo bench

@@ -1,0 +1,208 @@
+"""Build pinned Kubernetes and etcd binaries from the Go module proxy, once, into the cache.
+
+k8s.io/kubernetes cannot be ``go install``ed (its go.mod replaces the staging modules with local
+paths), so we build inside a throw-away wrapper module that pins every staging module to its
+matching ``v0.Y.Z`` release. Binaries land in a directory keyed by version; a warm run returns
+at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from e2e.cluster.paths import ETCD_BIN, ETCD_VERSION, K8S_BIN, K8S_VERSION
+
+K8S_COMMANDS = [
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kubectl",
+    "kube-proxy",
+]
+
+
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"GOTOOLCHAIN": "local", "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false"})
+    return env
+
+
+def _run(cmd: list[str], cwd: Path, log: Path | None = None) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=_go_env(), capture_output=True, text=True)
+    if log is not None:
+        with log.open("a") as f:
+            f.write(f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}\n")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def _progress(msg: str) -> None:
+    print(f"[kloop-cluster {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _staging_modules(kube_gomod: str) -> list[str]:
+    return re.findall(r"^\s*(k8s\.io/[^\s]+)\s+=>\s+\./staging/src/", kube_gomod, re.MULTILINE)
+
+
+def _all_present(directory: Path, names: list[str]) -> bool:
+    return all((directory / n).is_file() for n in names)
+
+
+def _install(built: Path, dest: Path) -> None:
+    """Move freshly built binaries into place atomically, so a killed build never looks cached."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".partial-"))
+    for f in built.iterdir():
+        shutil.copy2(f, staging / f.name)
+    if dest.exists():
+        shutil.rmtree(dest)
+    staging.rename(dest)
+
+
+def build_kubernetes() -> Path:
+    """Return the directory holding the pinned Kubernetes binaries, building them when missing."""
+    if _all_present(K8S_BIN, K8S_COMMANDS):
+        _progress(f"kubernetes v{K8S_VERSION}: cached in {K8S_BIN}")
+        return K8S_BIN
+    started = time.monotonic()
+    minor = K8S_VERSION.split(".")[1]
+    staging_version = f"v0.{K8S_VERSION.split('.', 1)[1]}"
+    with tempfile.TemporaryDirectory(prefix="kloop-k8sbuild-") as tmp:
+        work = Path(tmp)
+        log = K8S_BIN.parent / "build.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("")
+        _progress(f"kubernetes v{K8S_VERSION}: resolving modules (log: {log})")
+        _run(["go", "mod", "init", "local/k8sbuild"], work, log)
+        info = json.loads(
+            _run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@v{K8S_VERSION}"], work, log)
+        )
+        kube_gomod = Path(info["GoMod"]).read_text()
+        go_line = re.search(r"^go (\S+)", kube_gomod, re.MULTILINE)
+        if go_line:
+            _run(["go", "mod", "edit", f"-go={go_line.group(1)}"], work, log)
+        for godebug in re.findall(r"^godebug (\S+)", kube_gomod, re.MULTILINE):
+            _run(["go", "mod", "edit", f"-godebug={godebug}"], work, log)
+        for module in _staging_modules(kube_gomod):
+            _run(["go", "mod", "edit", f"-replace={module}={module}@{staging_version}"], work, log)
+        pkgs = [f"k8s.io/kubernetes/cmd/{c}@v{K8S_VERSION}" for c in K8S_COMMANDS]
+        _run(["go", "get", *pkgs], work, log)
+        ldflags = ["-s", "-w"]
+        stamp = {
+            "gitVersion": f"v{K8S_VERSION}",
+            "gitMajor": "1",
+            "gitMinor": minor,
+            "gitTreeState": "clean",
+            "buildDate": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        for key, value in stamp.items():
+            ldflags += [f"-X=k8s.io/component-base/version.{key}={value}"]
+            ldflags += [f"-X=k8s.io/client-go/pkg/version.{key}={value}"]
+        out = work / "bin"
+        out.mkdir()
+        for i, command in enumerate(K8S_COMMANDS, 1):
+            t0 = time.monotonic()
+            _progress(f"kubernetes v{K8S_VERSION}: building {command} ({i}/{len(K8S_COMMANDS)})")
+            _run(
+                [
+                    "go",
+                    "build",
+                    "-trimpath",
+                    "-ldflags",
+                    " ".join(ldflags),
+                    "-o",
+                    str(out / command),
+                    f"k8s.io/kubernetes/cmd/{command}",
+                ],
+                work,
+                log,
+            )
+            _progress(f"  {command} built in {time.monotonic() - t0:.0f}s")
+        _install(out, K8S_BIN)
+    _progress(f"kubernetes v{K8S_VERSION}: built in {time.monotonic() - started:.0f}s")
+    return K8S_BIN
+
+
+def build_etcd() -> Path:
+    """Return the directory holding the pinned etcd and etcdctl, building them when missing."""
+    names = ["etcd", "etcdctl"]
+    if _all_present(ETCD_BIN, names):
+        _progress(f"etcd v{ETCD_VERSION}: cached in {ETCD_BIN}")
+        return ETCD_BIN
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="kloop-etcdbuild-") as tmp:
+        work = Path(tmp)
+        log = ETCD_BIN.parent / "build.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("")
+        _progress(f"etcd v{ETCD_VERSION}: resolving modules (log: {log})")
+        _run(["go", "mod", "init", "local/etcdbuild"], work, log)
+        _run(
+            [
+                "go",
+                "get",
+                f"go.etcd.io/etcd/server/v3@v{ETCD_VERSION}",
+                f"go.etcd.io/etcd/etcdctl/v3@v{ETCD_VERSION}",
+            ],
+            work,
+            log,
+        )
+        out = work / "bin"
+        out.mkdir()
+        _progress(f"etcd v{ETCD_VERSION}: building etcd and etcdctl")
+        _run(
+            [
+                "go",
+                "build",
+                "-trimpath",
+                "-ldflags",
+                "-s -w",
+                "-o",
+                str(out / "etcd"),
+                "go.etcd.io/etcd/server/v3",
+            ],
+            work,
+            log,
+        )
+        _run(
+            [
+                "go",
+                "build",
+                "-trimpath",
+                "-ldflags",
+                "-s -w",
+                "-o",
+                str(out / "etcdctl"),
+                "go.etcd.io/etcd/etcdctl/v3",
+            ],
+            work,
+            log,
+        )
+        _install(out, ETCD_BIN)
+    _progress(f"etcd v{ETCD_VERSION}: built in {time.monotonic() - started:.0f}s")
+    return ETCD_BIN
+
+
+def kubernetes_module_dir() -> Path:
+    """The unpacked k8s.io/kubernetes module (holds build/pause/linux/pause.c)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        _run(["go", "mod", "init", "local/x"], Path(tmp))
+        info = json.loads(
+            _run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@v{K8S_VERSION}"], Path(tmp))
+        )
+    return Path(info["Dir"])
+
+
+if __name__ == "__main__":
+    build_etcd()
+    build_kubernetes()

@@ -1,0 +1,497 @@
+"""Bring a one-node cluster up and down: etcd, control plane, containerd, CNI bridge, kubelet.
+
+Every daemon runs detached with its own log under ``STATE_ROOT/logs``; ``down`` stops them, kills
+whatever runs in the pods' cgroups, unmounts what the kubelet and containerd mounted, and removes
+the state directory, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from e2e.cluster import build, images, pki, processes
+from e2e.cluster.paths import ADMIN_KUBECONFIG, LOGS, PKI, STATE_ROOT, kubectl
+
+ETCD_CLIENT = "http://127.0.0.1:2379"
+API_PORT = 6443
+BRIDGE = "cni0"
+POD_CIDR = "10.88.0.0/16"
+SERVICE_CIDR = "10.96.0.0/24"
+CONTAINERD_DIR = STATE_ROOT / "containerd"
+CONTAINERD_SOCKET = CONTAINERD_DIR / "run" / "containerd.sock"
+CNI_CONF_DIR = STATE_ROOT / "cni" / "net.d"
+KUBELET_ROOT = STATE_ROOT / "kubelet"
+CLUSTERS_DIR = STATE_ROOT / "clusters"
+EXTRA_CLUSTER_FIRST_PORT = 6444
+
+DEBIAN_NEEDS = {
+    "containerd": "/usr/bin/containerd",
+    "runc": "/usr/sbin/runc",
+    "containernetworking-plugins": "/usr/lib/cni/bridge",
+    "iptables": "/usr/sbin/iptables",
+    "busybox-static": "/bin/busybox",
+    "iproute2": "/usr/sbin/ip",
+    "openssl": "/usr/bin/openssl",
+    "gcc": "/usr/bin/gcc",
+    "libc6-dev": "/usr/lib/x86_64-linux-gnu/libc.a",
+}
+
+
+def say(msg: str) -> None:
+    """Progress on stdout, so a long cold start never looks hung."""
+    print(f"[kloop-cluster {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class ClusterError(RuntimeError):
+    """A component did not come up; the message names its log."""
+
+
+def ensure_debian_packages() -> None:
+    """Install the Debian packages the node needs, when any is missing."""
+    missing = [pkg for pkg, path in DEBIAN_NEEDS.items() if not Path(path).exists()]
+    busybox_static = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Status}", "busybox-static"], capture_output=True, text=True
+    ).stdout
+    if "install ok installed" not in busybox_static and "busybox-static" not in missing:
+        missing.append("busybox-static")
+    if not missing:
+        return
+    say(f"installing Debian packages: {' '.join(missing)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float, log: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if log and not processes.running(log):
+            break
+        time.sleep(0.25)
+    raise ClusterError(
+        f"{what} not ready after {timeout:.0f}s; log {LOGS / (log + '.log')}:\n"
+        f"{processes.log_tail(log)}"
+    )
+
+
+def _kubectl_ok(kubeconfig: Path, *args: str) -> bool:
+    proc = subprocess.run(
+        [str(kubectl()), "--kubeconfig", str(kubeconfig), "--request-timeout=3s", *args],
+        capture_output=True,
+        text=True,
+    )
+    return proc.returncode == 0
+
+
+def _kubectl_out(kubeconfig: Path, *args: str) -> str:
+    proc = subprocess.run(
+        [str(kubectl()), "--kubeconfig", str(kubeconfig), "--request-timeout=5s", *args],
+        capture_output=True,
+        text=True,
+    )
+    return proc.stdout if proc.returncode == 0 else ""
+
+
+def _ensure_bridge() -> None:
+    if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode != 0:
+        subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
+    addrs = subprocess.run(["ip", "-4", "addr", "show", BRIDGE], capture_output=True, text=True)
+    if f"{pki.NODE_IP}/" not in addrs.stdout:
+        subprocess.run(["ip", "addr", "add", f"{pki.NODE_IP}/16", "dev", BRIDGE], check=True)
+    subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
+
+
+def _start_etcd(etcd_bin: Path) -> None:
+    if processes.running("etcd"):
+        return
+    data = STATE_ROOT / "etcd"
+    data.mkdir(parents=True, exist_ok=True)
+    processes.start(
+        "etcd",
+        [
+            str(etcd_bin / "etcd"),
+            f"--data-dir={data}",
+            "--name=kloop",
+            f"--listen-client-urls={ETCD_CLIENT}",
+            f"--advertise-client-urls={ETCD_CLIENT}",
+            "--listen-peer-urls=http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+            "--initial-cluster=kloop=http://127.0.0.1:2380",
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+        ],
+    )
+    etcdctl = str(etcd_bin / "etcdctl")
+    _wait(
+        "etcd",
+        lambda: (
+            subprocess.run(
+                [etcdctl, f"--endpoints={ETCD_CLIENT}", "endpoint", "health"], capture_output=True
+            ).returncode
+            == 0
+        ),
+        30,
+        "etcd",
+    )
+
+
+def _apiserver_argv(k8s_bin: Path, port: int, prefix: str, bind: str) -> list[str]:
+    return [
+        str(k8s_bin / "kube-apiserver"),
+        f"--etcd-servers={ETCD_CLIENT}",
+        f"--etcd-prefix={prefix}",
+        f"--bind-address={bind}",
+        f"--secure-port={port}",
+        f"--advertise-address={pki.NODE_IP}",
+        f"--tls-cert-file={PKI / 'apiserver.crt'}",
+        f"--tls-private-key-file={PKI / 'apiserver.key'}",
+        f"--client-ca-file={PKI / 'ca.crt'}",
+        "--service-account-issuer=https://kubernetes.default.svc",
+        f"--service-account-key-file={PKI / 'sa.pub'}",
+        f"--service-account-signing-key-file={PKI / 'sa.key'}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--authorization-mode=Node,RBAC",
+        "--enable-admission-plugins=NodeRestriction",
+        f"--kubelet-client-certificate={PKI / 'apiserver-kubelet-client.crt'}",
+        f"--kubelet-client-key={PKI / 'apiserver-kubelet-client.key'}",
+        "--kubelet-preferred-address-types=InternalIP",
+        "--allow-privileged=true",
+        "--profiling=false",
+        "--v=1",
+    ]
+
+
+def _start_apiserver(k8s_bin: Path, name: str, port: int, prefix: str, bind: str) -> Path:
+    kubeconfig = pki.write_kubeconfig(
+        CLUSTERS_DIR / f"{name}.kubeconfig", PKI, "admin", f"https://127.0.0.1:{port}"
+    )
+    if not processes.running(name):
+        processes.start(name, _apiserver_argv(k8s_bin, port, prefix, bind))
+    _wait(name, lambda: _kubectl_ok(kubeconfig, "get", "--raw", "/readyz"), 90, name)
+    return kubeconfig
+
+
+def _component_kubeconfigs() -> dict[str, Path]:
+    server = f"https://127.0.0.1:{API_PORT}"
+    return {
+        user: pki.write_kubeconfig(STATE_ROOT / f"{user}.kubeconfig", PKI, user, server)
+        for user in ("controller-manager", "scheduler", "kubelet", "kube-proxy")
+    }
+
+
+def _start_control_plane(k8s_bin: Path, kubeconfigs: dict[str, Path]) -> None:
+    kcm = kubeconfigs["controller-manager"]
+    if not processes.running("kube-controller-manager"):
+        processes.start(
+            "kube-controller-manager",
+            [
+                str(k8s_bin / "kube-controller-manager"),
+                f"--kubeconfig={kcm}",
+                f"--authentication-kubeconfig={kcm}",
+                f"--authorization-kubeconfig={kcm}",
+                f"--service-account-private-key-file={PKI / 'sa.key'}",
+                f"--root-ca-file={PKI / 'ca.crt'}",
+                f"--cluster-signing-cert-file={PKI / 'ca.crt'}",
+                f"--cluster-signing-key-file={PKI / 'ca.key'}",
+                "--use-service-account-credentials",
+                "--controllers=*",
+                "--leader-elect=false",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--bind-address=127.0.0.1",
+                "--v=1",
+            ],
+        )
+    sched = kubeconfigs["scheduler"]
+    if not processes.running("kube-scheduler"):
+        processes.start(
+            "kube-scheduler",
+            [
+                str(k8s_bin / "kube-scheduler"),
+                f"--kubeconfig={sched}",
+                f"--authentication-kubeconfig={sched}",
+                f"--authorization-kubeconfig={sched}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                "--v=1",
+            ],
+        )
+
+
+def _containerd_config() -> str:
+    cri = 'plugins."io.containerd.grpc.v1.cri"'
+    return f"""version = 2
+root = "{CONTAINERD_DIR / "root"}"
+state = "{CONTAINERD_DIR / "state"}"
+[grpc]
+  address = "{CONTAINERD_SOCKET}"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{CONTAINERD_DIR / "opt"}"
+[{cri}]
+  sandbox_image = "{images.PAUSE_IMAGE}"
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [{cri}.containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [{cri}.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [{cri}.containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [{cri}.cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{CNI_CONF_DIR}"
+"""
+
+
+def _cni_config() -> str:
+    return json.dumps(
+        {
+            "cniVersion": "1.0.0",
+            "name": "kloop-pods",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": BRIDGE,
+                    "isGateway": True,
+                    "ipMasq": False,
+                    "hairpinMode": True,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": POD_CIDR, "gateway": pki.NODE_IP}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": str(STATE_ROOT / "cni" / "ipam"),
+                    },
+                },
+                {"type": "portmap", "capabilities": {"portMappings": True}},
+            ],
+        },
+        indent=2,
+    )
+
+
+def _start_containerd() -> None:
+    CNI_CONF_DIR.mkdir(parents=True, exist_ok=True)
+    (CNI_CONF_DIR / "10-kloop.conflist").write_text(_cni_config())
+    CONTAINERD_SOCKET.parent.mkdir(parents=True, exist_ok=True)
+    config = CONTAINERD_DIR / "config.toml"
+    config.write_text(_containerd_config())
+    if not processes.running("containerd"):
+        processes.start("containerd", ["containerd", "--config", str(config)])
+    _wait(
+        "containerd",
+        lambda: (
+            subprocess.run(
+                ["ctr", "--address", str(CONTAINERD_SOCKET), "version"], capture_output=True
+            ).returncode
+            == 0
+        ),
+        30,
+        "containerd",
+    )
+
+
+def _kubelet_config() -> str:
+    return f"""apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+containerRuntimeEndpoint: unix://{CONTAINERD_SOCKET}
+cgroupDriver: cgroupfs
+failCgroupV1: false
+failSwapOn: false
+address: {pki.NODE_IP}
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+authentication:
+  anonymous: {{enabled: false}}
+  webhook: {{enabled: true}}
+  x509: {{clientCAFile: {PKI / "ca.crt"}}}
+authorization: {{mode: Webhook}}
+clusterDomain: cluster.local
+tlsCertFile: {PKI / "kubelet.crt"}
+tlsPrivateKeyFile: {PKI / "kubelet.key"}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {{memory.available: 50Mi, nodefs.available: "1%", imagefs.available: "1%",
+  nodefs.inodesFree: "1%"}}
+registerNode: true
+"""
+
+
+def _start_kubelet(k8s_bin: Path, kubeconfig: Path) -> None:
+    KUBELET_ROOT.mkdir(parents=True, exist_ok=True)
+    config = STATE_ROOT / "kubelet.yaml"
+    config.write_text(_kubelet_config())
+    if not processes.running("kubelet"):
+        processes.start(
+            "kubelet",
+            [
+                str(k8s_bin / "kubelet"),
+                f"--config={config}",
+                f"--kubeconfig={kubeconfig}",
+                f"--hostname-override={pki.NODE_NAME}",
+                f"--node-ip={pki.NODE_IP}",
+                f"--root-dir={KUBELET_ROOT}",
+                "--v=1",
+            ],
+        )
+
+
+def _node_ready() -> bool:
+    out = _kubectl_out(
+        ADMIN_KUBECONFIG,
+        "get",
+        "node",
+        pki.NODE_NAME,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+    )
+    return out.strip() == "True"
+
+
+def _default_service_account() -> bool:
+    return _kubectl_ok(ADMIN_KUBECONFIG, "get", "serviceaccount", "default", "-n", "default")
+
+
+def is_up() -> bool:
+    """Whether the local cluster answers and its node is Ready."""
+    return ADMIN_KUBECONFIG.exists() and processes.running("kube-apiserver") and _node_ready()
+
+
+def up() -> Path:
+    """Bring the whole cluster up (building what is missing); return the admin kubeconfig."""
+    started = time.monotonic()
+    if is_up():
+        say(f"already up; KUBECONFIG={ADMIN_KUBECONFIG}")
+        return ADMIN_KUBECONFIG
+    if STATE_ROOT.exists():
+        say(f"cleaning a half-started or stale cluster in {STATE_ROOT}")
+        down()
+    ensure_debian_packages()
+    etcd_bin = build.build_etcd()
+    k8s_bin = build.build_kubernetes()
+    say("building local images (pause, busybox)")
+    pause_tar = images.build_pause_image(build.kubernetes_module_dir())
+    busybox_tar = images.build_busybox_image()
+    say(f"certificates in {PKI}")
+    pki.ensure_pki(PKI)
+    _ensure_bridge()
+    say("starting etcd")
+    _start_etcd(etcd_bin)
+    say("starting kube-apiserver")
+    admin = _start_apiserver(k8s_bin, "kube-apiserver", API_PORT, "/registry", "0.0.0.0")
+    shutil.copy2(admin, ADMIN_KUBECONFIG)
+    kubeconfigs = _component_kubeconfigs()
+    say("starting kube-controller-manager and kube-scheduler")
+    _start_control_plane(k8s_bin, kubeconfigs)
+    say("starting containerd and importing images")
+    _start_containerd()
+    for tar in (pause_tar, busybox_tar):
+        images.import_image(str(CONTAINERD_SOCKET), tar)
+    say("starting kubelet")
+    _start_kubelet(k8s_bin, kubeconfigs["kubelet"])
+    _wait("node Ready", _node_ready, 120, "kubelet")
+    _wait("default ServiceAccount", _default_service_account, 60, "kube-controller-manager")
+    say(f"cluster up in {time.monotonic() - started:.0f}s; KUBECONFIG={ADMIN_KUBECONFIG}")
+    return ADMIN_KUBECONFIG
+
+
+def add_cluster(name: str) -> Path:
+    """Start another apiserver on the same etcd under its own prefix: a separate "cluster"."""
+    if not processes.running("etcd"):
+        raise ClusterError("the local cluster is not up: run `python -m e2e.cluster up` first")
+    existing = sorted(CLUSTERS_DIR.glob("extra-*.port")) if CLUSTERS_DIR.exists() else []
+    port_file = CLUSTERS_DIR / f"extra-{name}.port"
+    if port_file.exists():
+        port = int(port_file.read_text())
+    else:
+        used = {int(p.read_text()) for p in existing}
+        port = next(p for p in range(EXTRA_CLUSTER_FIRST_PORT, 6500) if p not in used)
+        CLUSTERS_DIR.mkdir(parents=True, exist_ok=True)
+        port_file.write_text(str(port))
+    say(f"starting extra apiserver {name!r} on port {port} (etcd prefix /cluster-{name})")
+    return _start_apiserver(
+        build.build_kubernetes(), f"apiserver-{name}", port, f"/cluster-{name}", "127.0.0.1"
+    )
+
+
+def _kill_pod_processes() -> None:
+    """Kill everything the kubelet started: it lives in the kubepods cgroups."""
+    for hierarchy in ("pids", "memory", "cpu,cpuacct", "systemd"):
+        root = Path("/sys/fs/cgroup") / hierarchy / "kubepods"
+        if not root.exists():
+            continue
+        for procs in root.rglob("cgroup.procs"):
+            try:
+                pids = [int(p) for p in procs.read_text().split()]
+            except OSError:
+                continue
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _unmount_under(*roots: Path) -> None:
+    mounts = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        target = line.split()[1].replace("\\040", " ")
+        if any(target == str(r) or target.startswith(f"{r}/") for r in roots):
+            mounts.append(target)
+    for target in sorted(set(mounts), key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], capture_output=True)
+
+
+def _delete_pod_netns() -> None:
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if name.startswith("cni-"):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+
+
+def down() -> None:
+    """Stop every component and container, unmount, and remove the state directory."""
+    say("stopping kubelet")
+    processes.stop("kubelet")
+    _kill_pod_processes()
+    for shim in processes.pids_matching(str(CONTAINERD_SOCKET)):
+        processes.kill_pid(shim, grace=2)
+    say("stopping the control plane, containerd and etcd")
+    for name in reversed(processes.started_names()):
+        processes.stop(name)
+    for leftover in processes.pids_matching(str(STATE_ROOT)):
+        processes.kill_pid(leftover, grace=2)
+    _unmount_under(STATE_ROOT)
+    _delete_pod_netns()
+    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+    if STATE_ROOT.exists():
+        shutil.rmtree(STATE_ROOT, ignore_errors=True)
+    say("cluster down")
+
+
+def status() -> dict[str, bool]:
+    """Which components run now."""
+    names = [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "containerd",
+        "kubelet",
+    ]
+    extra = [n for n in processes.started_names() if n.startswith("apiserver-")]
+    return {name: processes.running(name) for name in names + extra}

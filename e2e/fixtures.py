@@ -1,0 +1,70 @@
+"""pytest fixtures shared by tests/ and e2e/: the cluster, API clients and throw-away namespaces.
+
+``cluster`` yields a kubeconfig path: the user's ``KUBECONFIG`` when ``KLOOP_TEST_KUBECONFIG`` is
+set (so the suite runs on kind or any real cluster), otherwise the local harness cluster, started
+once per session (and stopped at the end unless it was already up or ``KLOOP_KEEP_CLUSTER=1``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from e2e.cluster import local
+from e2e.cluster.paths import ADMIN_KUBECONFIG
+
+
+def using_external_cluster() -> bool:
+    """Whether the suite runs against the user's cluster instead of the local harness."""
+    return bool(os.environ.get("KLOOP_TEST_KUBECONFIG"))
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Path]:
+    """A kubeconfig for a real cluster: the user's, or the local one, started once."""
+    if using_external_cluster():
+        path = Path(os.environ.get("KUBECONFIG", Path.home() / ".kube" / "config"))
+        if not path.exists():
+            pytest.fail(f"KLOOP_TEST_KUBECONFIG is set but the kubeconfig {path} does not exist")
+        yield path
+        return
+    if local.is_up():
+        yield ADMIN_KUBECONFIG
+        return
+    kubeconfig = local.up()
+    try:
+        yield kubeconfig
+    finally:
+        if os.environ.get("KLOOP_KEEP_CLUSTER") != "1":
+            local.down()
+
+
+@pytest.fixture(scope="session")
+def api_client(cluster: Path) -> client.ApiClient:
+    """A Python Kubernetes client bound to the test cluster."""
+    return config.new_client_from_config(config_file=str(cluster))
+
+
+@pytest.fixture
+def namespace(api_client: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core = client.CoreV1Api(api_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture(scope="session")
+def extra_cluster(cluster: Path) -> Path:
+    """A second apiserver on the same etcd under its own prefix (local harness only)."""
+    if using_external_cluster():
+        pytest.skip("extra apiservers need the local harness (KLOOP_TEST_KUBECONFIG is set)")
+    return local.add_cluster("b")

@@ -1,0 +1,1 @@
+"""Thin I/O around the core: pods, memory ConfigMaps, events, HTTP oracles."""

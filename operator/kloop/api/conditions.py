@@ -1,0 +1,77 @@
+"""Condition types and reasons (kstatus conventions), documented in one place.
+
+``Ready`` is the summary Flux and Argo CD read; ``Reconciling`` is True while a run progresses;
+``Stalled`` is True when it cannot progress without a human. Event reasons equal these reasons.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from kloop.api.base import KubeModel
+
+
+class ConditionType(StrEnum):
+    """Condition types kloop sets."""
+
+    READY = "Ready"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
+    BUDGET_EXHAUSTED = "BudgetExhausted"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    DRIFT_DETECTED = "DriftDetected"
+
+
+class Reason(StrEnum):
+    """Why a condition is as it is; also the reason of the matching Kubernetes Event."""
+
+    PENDING = "Pending"
+    ITERATING = "Iterating"
+    CHECKS_PASSED = "ChecksPassed"
+    CHECKS_FAILED = "ChecksFailed"
+    SUCCEEDED = "Succeeded"
+    TEARING_DOWN = "TearingDown"
+    LOOP_NOT_FOUND = "LoopNotFound"
+    INVALID_LOOP = "InvalidLoop"
+    # halt reasons (DESIGN.md §3)
+    MAX_ITERATIONS = "MaxIterations"
+    TOKEN_BUDGET = "TokenBudget"
+    COST_BUDGET = "CostBudget"
+    DEADLINE = "Deadline"
+    DRIFT_EXCEEDED = "DriftExceeded"
+    CHECKER_FAILED = "CheckerFailed"
+    ABORTED = "Aborted"
+    INVALID_AGENT_OUTPUT = "InvalidAgentOutput"
+    CONNECTOR_UNAVAILABLE = "ConnectorUnavailable"
+    # agent errors
+    MAKER_ERROR = "MakerError"
+    POD_FAILED = "PodFailed"
+    OOM_KILLED = "OOMKilled"
+    TIMED_OUT = "TimedOut"
+
+
+class ConditionStatus(StrEnum):
+    """Condition status values."""
+
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(KubeModel):
+    """A metav1.Condition."""
+
+    type: str = Field(max_length=316)
+    """Condition type."""
+    status: ConditionStatus
+    """True, False or Unknown."""
+    reason: str = Field(max_length=1024)
+    """CamelCase reason."""
+    message: str = Field(default="", max_length=32768)
+    """Human-readable detail."""
+    last_transition_time: str
+    """When status last changed (RFC 3339)."""
+    observed_generation: int | None = None
+    """The generation this condition was computed for."""

@@ -1,0 +1,429 @@
+"""The Loop: a goal that prompts itself, with its maker, checkers, memory, budget and stages."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, StringConstraints, model_validator
+
+from kloop.api.base import KubeModel, cel
+from kloop.api.conditions import Condition
+from kloop.api.cron import CRON_REGEX, is_valid_cron
+from kloop.api.pod import DNS_LABEL, DNS_SUBDOMAIN, PodTemplate
+
+Name = Annotated[str, StringConstraints(max_length=63, pattern=DNS_LABEL)]
+ObjectName = Annotated[str, StringConstraints(max_length=253, pattern=DNS_SUBDOMAIN)]
+
+
+class Maker(KubeModel):
+    """The agent that does the work in each iteration."""
+
+    template: PodTemplate
+    """The maker's pod template."""
+    timeout_seconds: int = Field(default=900, ge=1, le=86400)
+    """Wall-clock limit for one maker pod; past it the iteration is an error (timeout)."""
+
+
+class CheckerKind(StrEnum):
+    """How a checker grades: a pod of its own, or an HTTP query."""
+
+    POD = "pod"
+    HTTP = "http"
+
+
+class HttpMethod(StrEnum):
+    """HTTP methods an oracle may use."""
+
+    GET = "GET"
+    POST = "POST"
+
+
+class HttpOracle(KubeModel):
+    """An HTTP query whose JSON answer decides pass or fail (like an Argo Rollouts analysis)."""
+
+    url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://")
+    """The URL to query."""
+    method: HttpMethod = HttpMethod.GET
+    """HTTP method."""
+    body: str | None = Field(default=None, max_length=65536)
+    """Request body for POST."""
+    json_path: str = Field(min_length=1, max_length=512, pattern=r"^\$")
+    """Where the value is in the JSON answer, e.g. ``$.data.result[0].value[1]``."""
+    pass_if: str = Field(min_length=2, max_length=256, pattern=r"^\s*(<=|>=|==|!=|<|>)\s*\S.*$")
+    """Pass condition on the value: an operator and an operand, e.g. ``< 0.01`` or ``== ok``."""
+    timeout_seconds: int = Field(default=30, ge=1, le=600)
+    """Request timeout."""
+
+
+class Checker(KubeModel):
+    """A grader that is not the maker: a pod (another image, command or args) or an HTTP oracle."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "self.kind == 'pod' ? (has(self.template) && !has(self.http))"
+                    " : (has(self.http) && !has(self.template))",
+                    "a checker of kind pod needs template (and no http); "
+                    "kind http needs http (and no template)",
+                )
+            ]
+        }
+    }
+
+    name: Name
+    """Checker name, unique in the Loop; it names the checker's pods."""
+    kind: CheckerKind = CheckerKind.POD
+    """pod or http."""
+    template: PodTemplate | None = None
+    """The checker's pod template (kind pod)."""
+    http: HttpOracle | None = None
+    """The HTTP oracle (kind http)."""
+    timeout_seconds: int = Field(default=600, ge=1, le=86400)
+    """Wall-clock limit for the checker."""
+
+
+class Memory(KubeModel):
+    """Where the loop remembers what was done, what is next and what failed."""
+
+    config_map_name: ObjectName | None = None
+    """ConfigMap holding the memory; defaults to ``<loop>-memory``."""
+    max_bytes: int = Field(default=524288, ge=4096, le=921600)
+    """Compact older entries before the memory grows past this (below the 1 MiB object limit)."""
+    keep_iterations: int = Field(default=10, ge=1, le=200)
+    """How many detailed iteration entries to keep before older ones become a summary."""
+
+
+class Budget(KubeModel):
+    """Caps that halt a run: every loop is bounded."""
+
+    max_iterations: int = Field(default=5, ge=1, le=1000)
+    """Iterations per run (and per stage unless the stage sets its own)."""
+    max_tokens: int | None = Field(default=None, ge=1)
+    """Total tokens the agents may report before the run halts with TokenBudget."""
+    max_cost_usd: float | None = Field(default=None, gt=0, alias="maxCostUSD")
+    """Total cost in USD the agents may report before the run halts with CostBudget."""
+    deadline_seconds: int | None = Field(default=None, ge=1)
+    """Wall-clock limit of a run; past it the run halts with Deadline."""
+
+
+class LabelSelectorRequirement(KubeModel):
+    """One label-selector expression."""
+
+    key: str = Field(max_length=317)
+    """Label key."""
+    operator: str = Field(pattern=r"^(In|NotIn|Exists|DoesNotExist)$")
+    """In, NotIn, Exists or DoesNotExist."""
+    values: list[Annotated[str, StringConstraints(max_length=63)]] | None = Field(
+        default=None, max_length=64
+    )
+    """Values for In and NotIn."""
+
+
+class LabelSelector(KubeModel):
+    """Selects cluster Secrets by label."""
+
+    match_labels: dict[str, Annotated[str, StringConstraints(max_length=63)]] | None = None
+    """Labels a cluster must have."""
+    match_expressions: list[LabelSelectorRequirement] | None = Field(default=None, max_length=16)
+    """Label expressions a cluster must satisfy."""
+
+
+class Drift(KubeModel):
+    """How much a stage's clusters may differ from the desired manifests."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.resources) != has(self.manifestsConfigMap)",
+                    "drift needs exactly one of resources or manifestsConfigMap",
+                )
+            ]
+        }
+    }
+
+    resources: list[dict[str, object]] | None = Field(
+        default=None,
+        max_length=256,
+        json_schema_extra={
+            "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        },
+    )
+    """Desired manifests inline."""
+    manifests_config_map: ObjectName | None = None
+    """A ConfigMap whose keys hold the desired manifests."""
+    max_drifted_objects: int = Field(default=0, ge=0)
+    """A stage passes only with at most this many drifted objects per cluster."""
+
+
+class Stage(KubeModel):
+    """One step of a staged rollout: a set of clusters that must all pass before the next."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.clusterSelector) != has(self.clusters)",
+                    "a stage needs exactly one of clusterSelector or clusters",
+                )
+            ]
+        }
+    }
+
+    name: Name
+    """Stage name, unique in the Loop."""
+    cluster_selector: LabelSelector | None = None
+    """Select target clusters by label (exclusive with clusters)."""
+    clusters: list[Name] | None = Field(default=None, min_length=1, max_length=64)
+    """Target clusters by name (exclusive with clusterSelector)."""
+    require_approval: bool = False
+    """Wait for an approval before this stage starts."""
+    max_iterations: int | None = Field(default=None, ge=1, le=1000)
+    """Iteration cap of this stage; defaults to budget.maxIterations."""
+    drift: Drift | None = None
+    """Drift bounds checked for this stage's clusters."""
+
+
+class SkillRef(KubeModel):
+    """A ConfigMap of written-down intent mounted at ``/kloop/skills/<name>/``."""
+
+    config_map_name: ObjectName
+    """The ConfigMap's name."""
+
+
+class Teardown(KubeModel):
+    """A pod that always runs once when a run ends, whatever the outcome."""
+
+    template: PodTemplate
+    """The teardown pod template."""
+    timeout_seconds: int = Field(default=300, ge=1, le=86400)
+    """Wall-clock limit for the teardown pod."""
+
+
+class ConcurrencyPolicy(StrEnum):
+    """What a scheduled run does when the previous one still runs."""
+
+    ALLOW = "Allow"
+    FORBID = "Forbid"
+    REPLACE = "Replace"
+
+
+class NotifyEvent(StrEnum):
+    """Moments a notification can be sent for."""
+
+    HALTED = "halted"
+    AWAITING_APPROVAL = "awaiting-approval"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ITERATION_STARTED = "iteration-started"
+    ITERATION_FINISHED = "iteration-finished"
+
+
+class SecretKeyRef(KubeModel):
+    """A key of a Secret in the Loop's namespace."""
+
+    name: ObjectName
+    """Secret name."""
+    key: str = Field(min_length=1, max_length=253)
+    """Key in the Secret."""
+
+
+class SecretRef(KubeModel):
+    """A Secret in the Loop's namespace."""
+
+    name: ObjectName
+    """Secret name."""
+
+
+class NotifyTarget(KubeModel):
+    """A webhook called at lifecycle points of a run."""
+
+    name: Name
+    """Target name."""
+    url_secret_ref: SecretKeyRef
+    """Where the webhook URL is kept (URLs often carry tokens)."""
+    events: list[NotifyEvent] = Field(min_length=1, max_length=6)
+    """Which events to send."""
+
+
+class GitWorkspace(KubeModel):
+    """A git repository every maker checks out on its own branch."""
+
+    url: str = Field(min_length=1, max_length=2048)
+    """Repository URL."""
+    ref: str = Field(default="main", min_length=1, max_length=255)
+    """Branch or tag the first iteration starts from."""
+    secret_ref: SecretRef | None = None
+    """Credentials for clone and push."""
+    push: bool = False
+    """Push the maker's commits to its branch when it ends."""
+
+
+class Workspace(KubeModel):
+    """Files the agents work on."""
+
+    git: GitWorkspace
+    """A git checkout per pod."""
+
+
+class ConnectorRole(StrEnum):
+    """Which pods may use a connector."""
+
+    MAKER = "maker"
+    CHECKER = "checker"
+    TEARDOWN = "teardown"
+
+
+class McpServer(KubeModel):
+    """An MCP server endpoint."""
+
+    url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://")
+    """Streamable HTTP endpoint of the server."""
+    headers_secret_ref: SecretRef | None = None
+    """A Secret whose keys are sent as HTTP headers (e.g. Authorization)."""
+
+
+class Connector(KubeModel):
+    """An MCP server the agents may use."""
+
+    name: Name
+    """Connector name (the key in /kloop/mcp.json)."""
+    mcp: McpServer
+    """The server."""
+    tools: list[Annotated[str, StringConstraints(max_length=128)]] = Field(
+        default_factory=list, max_length=64
+    )
+    """Tools that must exist on the server; a missing one halts the run before it starts."""
+    roles: list[ConnectorRole] = Field(
+        default_factory=lambda: [ConnectorRole.MAKER], min_length=1, max_length=3
+    )
+    """Which pods get the connector."""
+
+
+_POD_CHECKER_DIFFERS = (
+    "self.checkers.all(c, c.kind != 'pod' || !has(c.template) || !("
+    "c.template.spec.containers[0].image == self.maker.template.spec.containers[0].image && "
+    "(has(c.template.spec.containers[0].command) ? c.template.spec.containers[0].command : [])"
+    " == (has(self.maker.template.spec.containers[0].command) ?"
+    " self.maker.template.spec.containers[0].command : []) && "
+    "(has(c.template.spec.containers[0].args) ? c.template.spec.containers[0].args : [])"
+    " == (has(self.maker.template.spec.containers[0].args) ?"
+    " self.maker.template.spec.containers[0].args : [])))"
+)
+
+
+class LoopSpec(KubeModel):
+    """What the loop is for and how it runs."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    _POD_CHECKER_DIFFERS,
+                    "a pod checker must differ from the maker (another image, command or args):"
+                    " the maker never grades its own work",
+                    ".checkers",
+                ),
+                cel(
+                    "self.checkers.all(c, self.checkers.exists_one(d, d.name == c.name))",
+                    "checker names must be unique",
+                    ".checkers",
+                ),
+                cel(
+                    "!has(self.stages) || self.stages.all(s, "
+                    "self.stages.exists_one(t, t.name == s.name))",
+                    "stage names must be unique",
+                    ".stages",
+                ),
+                cel(
+                    f"!has(self.schedule) || self.schedule.matches('{CRON_REGEX}')",
+                    "schedule must be a cron expression of five fields (minute hour day-of-month"
+                    " month day-of-week), e.g. '0 6 * * 1-5', or a macro such as @daily",
+                    ".schedule",
+                ),
+            ]
+        }
+    }
+
+    goal: str = Field(min_length=1, max_length=16384)
+    """The purpose, handed to every agent as KLOOP_GOAL."""
+    maker: Maker
+    """The agent doing the work."""
+    checkers: list[Checker] = Field(min_length=1, max_length=16)
+    """Graders of the maker's work; every one must pass."""
+    memory: Memory = Field(default_factory=Memory)
+    """What the next agent reads about earlier iterations."""
+    budget: Budget = Field(default_factory=Budget)
+    """Caps on iterations, tokens, cost and time."""
+    stages: list[Stage] | None = Field(default=None, min_length=1, max_length=20)
+    """Ordered rollout stages; without them one implicit stage runs in this cluster."""
+    skills: list[SkillRef] | None = Field(default=None, max_length=16)
+    """ConfigMaps of conventions and runbooks mounted into every agent pod."""
+    teardown: Teardown | None = None
+    """A pod that runs once when a run ends."""
+    schedule: str | None = Field(default=None, max_length=128)
+    """Cron schedule that starts runs."""
+    time_zone: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_+\-/]+$")
+    """IANA time zone of the schedule (default UTC)."""
+    suspend: bool = False
+    """Start no new scheduled runs."""
+    concurrency_policy: ConcurrencyPolicy = ConcurrencyPolicy.FORBID
+    """What a scheduled run does while another runs."""
+    successful_runs_history_limit: int = Field(default=3, ge=0, le=100)
+    """Finished successful runs to keep."""
+    failed_runs_history_limit: int = Field(default=3, ge=0, le=100)
+    """Finished failed or halted runs to keep."""
+    notify: list[NotifyTarget] | None = Field(default=None, max_length=8)
+    """Webhooks called at lifecycle points."""
+    workspace: Workspace | None = None
+    """Files the agents work on."""
+    connectors: list[Connector] | None = Field(default=None, max_length=16)
+    """MCP servers the agents may use."""
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> LoopSpec:
+        """The CEL rules again, for objects that reached us without admission (e.g. tests)."""
+        maker = self.maker.template.spec.containers[0]
+        for checker in self.checkers:
+            if checker.kind is CheckerKind.POD and checker.template is not None:
+                c = checker.template.spec.containers[0]
+                if (c.image, c.command or [], c.args or []) == (
+                    maker.image,
+                    maker.command or [],
+                    maker.args or [],
+                ):
+                    raise ValueError(
+                        f"checker {checker.name!r} is the maker: a pod checker must "
+                        "differ from the maker (another image, command or args)"
+                    )
+        names = [c.name for c in self.checkers]
+        if len(set(names)) != len(names):
+            raise ValueError("checker names must be unique")
+        if self.stages and len({s.name for s in self.stages}) != len(self.stages):
+            raise ValueError("stage names must be unique")
+        if self.schedule is not None and not is_valid_cron(self.schedule):
+            raise ValueError(f"schedule {self.schedule!r} is not a cron expression")
+        return self
+
+    def memory_config_map(self, loop_name: str) -> str:
+        """The ConfigMap holding this loop's memory."""
+        return self.memory.config_map_name or f"{loop_name}-memory"
+
+
+class LoopStatus(KubeModel):
+    """What the operator last saw of the loop's runs."""
+
+    observed_generation: int | None = None
+    """The generation last acted upon."""
+    last_run: str | None = None
+    """Name of the newest LoopRun."""
+    phase: str | None = None
+    """Phase of the newest LoopRun."""
+    last_run_time: str | None = None
+    """When the newest LoopRun started."""
+    active: list[str] | None = None
+    """LoopRuns that have not finished."""
+    conditions: list[Condition] | None = None
+    """kstatus conditions (Ready, Reconciling, Stalled)."""

@@ -1,0 +1,211 @@
+"""The LoopRun: one execution of a Loop, and the status that records what it saw and decided."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import Field
+
+from kloop.api.base import KubeModel
+from kloop.api.conditions import Condition
+from kloop.api.loop import Name
+
+
+class LoopRef(KubeModel):
+    """The Loop this run executes, in the same namespace."""
+
+    name: Name
+    """Loop name."""
+
+
+class BudgetOverride(KubeModel):
+    """Budget fields that replace the Loop's for this run only."""
+
+    max_iterations: int | None = Field(default=None, ge=1, le=1000)
+    """Iterations for this run."""
+    max_tokens: int | None = Field(default=None, ge=1)
+    """Token cap for this run."""
+    max_cost_usd: float | None = Field(default=None, gt=0, alias="maxCostUSD")
+    """Cost cap in USD for this run."""
+    deadline_seconds: int | None = Field(default=None, ge=1)
+    """Wall-clock cap for this run."""
+
+
+class LoopRunSpec(KubeModel):
+    """Which Loop to run and with what run-specific inputs."""
+
+    loop_ref: LoopRef
+    """The Loop to execute."""
+    goal_suffix: str | None = Field(default=None, max_length=4096)
+    """Appended to the Loop's goal for this run."""
+    budget: BudgetOverride | None = None
+    """Budget overrides for this run."""
+    context: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """Free-form JSON handed to agents as KLOOP_CONTEXT."""
+
+
+class Phase(StrEnum):
+    """Where a run is in its life."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    HALTED = "Halted"
+
+    @property
+    def finished(self) -> bool:
+        """Succeeded, Failed and Halted are final."""
+        return self in (Phase.SUCCEEDED, Phase.FAILED, Phase.HALTED)
+
+
+class Usage(KubeModel):
+    """What the run has consumed, as the agents reported it."""
+
+    tokens: int = 0
+    """Tokens reported by all agents."""
+    cost_usd: float = Field(default=0.0, alias="costUSD")
+    """Cost reported by all agents."""
+    wall_seconds: float = 0.0
+    """Seconds since the run started."""
+
+
+class MakerRecord(KubeModel):
+    """What the maker of one iteration did."""
+
+    pod: str | None = None
+    """The maker pod."""
+    outcome: str
+    """changed, nothing-to-do, failed, or error."""
+    summary: str = Field(default="", max_length=4096)
+    """The maker's summary, or the error reason."""
+    tokens: int = 0
+    """Tokens the maker reported."""
+    cost_usd: float = Field(default=0.0, alias="costUSD")
+    """Cost the maker reported."""
+    error_reason: str | None = None
+    """Why the outcome is an error (PodFailed, OOMKilled, TimedOut, InvalidAgentOutput)."""
+
+
+class CheckerRecord(KubeModel):
+    """One checker's verdict in one iteration."""
+
+    name: str
+    """Checker name."""
+    verdict: str
+    """pass, fail, inconclusive, or error."""
+    reasons: list[str] = Field(default_factory=list, max_length=20)
+    """Why, as the checker said (or the error)."""
+    score: float | None = None
+    """Optional score."""
+    tokens: int = 0
+    """Tokens the checker reported."""
+    cost_usd: float = Field(default=0.0, alias="costUSD")
+    """Cost the checker reported."""
+    error_reason: str | None = None
+    """Why the verdict is an error."""
+
+
+class IterationRecord(KubeModel):
+    """One iteration: what the maker did, what the checkers said, and what was decided."""
+
+    number: int
+    """Iteration number, from 1."""
+    stage: str
+    """Stage name."""
+    cluster: str
+    """Cluster name."""
+    maker: MakerRecord | None = None
+    """The maker's outcome."""
+    checkers: list[CheckerRecord] = Field(default_factory=list)
+    """The checkers' verdicts."""
+    decision: str | None = None
+    """iterate, succeed, halt, or fail."""
+    why: str | None = None
+    """The reason for the decision."""
+    started_at: str | None = None
+    """When the maker pod was created."""
+    finished_at: str | None = None
+    """When the decision was taken."""
+
+
+class ClusterProgress(KubeModel):
+    """One cluster of a stage."""
+
+    name: str
+    """Cluster name."""
+    state: str
+    """Pending, Running, Passed, Failed or Halted."""
+    iterations: int = 0
+    """Iterations run in this cluster."""
+    last_verdict: str | None = None
+    """The last combined verdict."""
+    drifted_objects: int | None = None
+    """Drifted objects at the last check."""
+
+
+class StageProgress(KubeModel):
+    """One stage of the rollout."""
+
+    name: str
+    """Stage name."""
+    state: str
+    """Pending, Running, AwaitingApproval, Passed, Failed or Halted."""
+    clusters: list[ClusterProgress] = Field(default_factory=list)
+    """Per-cluster progress."""
+    approved_by: str | None = None
+    """Who approved the stage."""
+    approved_at: str | None = None
+    """When the stage was approved."""
+
+
+class TeardownProgress(KubeModel):
+    """The teardown pod that runs once at the end."""
+
+    state: str
+    """Running, Succeeded, Failed, or Skipped."""
+    pod: str | None = None
+    """The teardown pod."""
+    message: str | None = None
+    """Detail, e.g. why it failed."""
+
+
+class LoopRunStatus(KubeModel):
+    """What the run saw, decided and why; bounded so it stays far below the object size limit."""
+
+    phase: Phase | None = None
+    """Pending, Running, AwaitingApproval, Succeeded, Failed or Halted."""
+    stage: str | None = None
+    """The current stage."""
+    iteration: int = 0
+    """The current iteration number (from 1)."""
+    last_verdict: str | None = None
+    """The last combined checker verdict."""
+    usage: Usage = Field(default_factory=Usage)
+    """Tokens, cost and time used."""
+    stages: list[StageProgress] = Field(default_factory=list)
+    """Per-stage, per-cluster progress."""
+    iterations: list[IterationRecord] = Field(default_factory=list, max_length=50)
+    """The latest iterations, oldest first (bounded; memory keeps the long history)."""
+    halt_reason: str | None = None
+    """Why the run halted (MaxIterations, TokenBudget, ...)."""
+    message: str | None = None
+    """The latest decision in words."""
+    teardown: TeardownProgress | None = None
+    """The teardown step."""
+    started_at: str | None = None
+    """When the run started."""
+    finished_at: str | None = None
+    """When the run finished."""
+    observed_generation: int | None = None
+    """The generation last acted upon."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Ready, Reconciling, Stalled and domain conditions."""
+    kopf: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """Kopf's bookkeeping, kept in status so it never shows as GitOps drift."""

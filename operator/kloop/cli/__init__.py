@@ -1,0 +1,1 @@
+"""Command-line tools: kloop-agent (for agents and checkers)."""
