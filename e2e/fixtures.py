@@ -25,7 +25,7 @@ def using_external_cluster() -> bool:
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[Path]:
+def cluster(pytestconfig: pytest.Config) -> Iterator[Path]:
     """A kubeconfig for a real cluster: the user's, or the local one, started once."""
     if using_external_cluster():
         path = Path(os.environ.get("KUBECONFIG", Path.home() / ".kube" / "config"))
@@ -36,7 +36,10 @@ def cluster() -> Iterator[Path]:
     if local.is_up():
         yield ADMIN_KUBECONFIG
         return
-    kubeconfig = local.up()
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # show build and start-up progress live
+        print()
+        kubeconfig = local.up()
     try:
         yield kubeconfig
     finally:
@@ -68,3 +71,40 @@ def extra_cluster(cluster: Path) -> Path:
     if using_external_cluster():
         pytest.skip("extra apiservers need the local harness (KLOOP_TEST_KUBECONFIG is set)")
     return local.add_cluster("b")
+
+
+CRDS_DIR = Path(__file__).resolve().parent.parent / "crds"
+
+
+@pytest.fixture(scope="session")
+def kloop_crds(api_client: client.ApiClient) -> list[str]:
+    """Install (or update) the generated kloop CRDs and wait until they are served."""
+    import time
+
+    import yaml
+
+    ext = client.ApiextensionsV1Api(api_client)
+    names = []
+    for path in sorted(CRDS_DIR.glob("*.yaml")):
+        body = yaml.safe_load(path.read_text())
+        name = body["metadata"]["name"]
+        names.append(name)
+        try:
+            current = ext.read_custom_resource_definition(name)
+            body["metadata"]["resourceVersion"] = current.metadata.resource_version
+            ext.replace_custom_resource_definition(name, body)
+        except client.ApiException as err:
+            if err.status != 404:
+                raise
+            ext.create_custom_resource_definition(body)
+    deadline = time.monotonic() + 60
+    for name in names:
+        while True:
+            crd = ext.read_custom_resource_definition(name)
+            conditions = {c.type: c.status for c in (crd.status.conditions or [])}
+            if conditions.get("Established") == "True":
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"CRD {name} not established: {conditions}")
+            time.sleep(0.2)
+    return names

@@ -28,6 +28,8 @@ class Reason(StrEnum):
     """Why a condition is as it is; also the reason of the matching Kubernetes Event."""
 
     PENDING = "Pending"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    APPROVED = "Approved"
     ITERATING = "Iterating"
     CHECKS_PASSED = "ChecksPassed"
     CHECKS_FAILED = "ChecksFailed"
@@ -35,6 +37,7 @@ class Reason(StrEnum):
     TEARING_DOWN = "TearingDown"
     LOOP_NOT_FOUND = "LoopNotFound"
     INVALID_LOOP = "InvalidLoop"
+    TEARDOWN_FAILED = "TeardownFailed"
     # halt reasons (DESIGN.md §3)
     MAX_ITERATIONS = "MaxIterations"
     TOKEN_BUDGET = "TokenBudget"

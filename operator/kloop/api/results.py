@@ -1,0 +1,107 @@
+"""What agents write to /dev/termination-log: one JSON document, versioned, validated here.
+
+Kubernetes keeps at most 4 KiB of a termination message, so results are small by design; anything
+bigger belongs in artifacts (URLs or short strings) or in the workspace.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+TERMINATION_MESSAGE_LIMIT = 4096
+
+
+class MakerOutcome(StrEnum):
+    """What the maker says it did."""
+
+    CHANGED = "changed"
+    NOTHING_TO_DO = "nothing-to-do"
+    FAILED = "failed"
+
+
+class Verdict(StrEnum):
+    """What a checker says of the maker's work."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+class _Result(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    v: Literal[1] = 1
+    """Schema version."""
+
+
+class MakerResult(_Result):
+    """A maker's result (schema v1)."""
+
+    outcome: MakerOutcome
+    summary: str = Field(default="", max_length=2048)
+    tokens: int = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0, alias="costUSD")
+    artifacts: dict[str, Annotated[str, StringConstraints(max_length=1024)]] = Field(
+        default_factory=dict
+    )
+
+
+class DriftReport(BaseModel):
+    """Objects a checker found drifted from their desired state."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    objects: int = Field(ge=0)
+    details: list[Annotated[str, StringConstraints(max_length=512)]] = Field(default_factory=list)
+
+
+class CheckerResult(_Result):
+    """A checker's result (schema v1)."""
+
+    verdict: Verdict
+    score: float | None = None
+    reasons: list[Annotated[str, StringConstraints(max_length=1024)]] = Field(
+        default_factory=list, max_length=20
+    )
+    drift: DriftReport | None = None
+    tokens: int = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0, alias="costUSD")
+
+
+class InvalidResult(ValueError):
+    """The termination message is missing or does not match the schema; says why in words."""
+
+
+def _explain(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors()[:3]:
+        where = ".".join(str(p) for p in e["loc"]) or "document"
+        parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def parse_maker_result(message: str | None) -> MakerResult:
+    """Validate a maker's termination message, or raise InvalidResult with a readable reason."""
+    if not message or not message.strip():
+        raise InvalidResult("the maker wrote no result to /dev/termination-log")
+    try:
+        return MakerResult.model_validate_json(message)
+    except ValidationError as err:
+        raise InvalidResult(
+            f"maker result is not valid JSON of schema v1: {_explain(err)}"
+        ) from err
+
+
+def parse_checker_result(message: str | None) -> CheckerResult:
+    """Validate a checker's termination message, or raise InvalidResult with a readable reason."""
+    if not message or not message.strip():
+        raise InvalidResult("the checker wrote no result to /dev/termination-log")
+    try:
+        return CheckerResult.model_validate_json(message)
+    except ValidationError as err:
+        raise InvalidResult(
+            f"checker result is not valid JSON of schema v1: {_explain(err)}"
+        ) from err

@@ -1,0 +1,116 @@
+"""Turn an observed pod into a maker outcome or checker verdict, with a reason a human reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from kloop.api.conditions import Reason
+from kloop.api.looprun import CheckerRecord, MakerRecord
+from kloop.api.results import InvalidResult, parse_checker_result, parse_maker_result
+from kloop.core.model import ObservedPod
+
+ERROR = "error"
+
+# Waiting reasons that will not fix themselves: fail fast instead of waiting for the timeout.
+STUCK_REASONS = frozenset(
+    {
+        "ErrImageNeverPull",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+@dataclass(frozen=True)
+class PodError:
+    """Why a pod's result cannot be used."""
+
+    reason: Reason
+    message: str
+
+
+def pod_error(pod: ObservedPod, timeout_seconds: int, now: datetime, who: str) -> PodError | None:
+    """The error a pod ended in (or is stuck in), if any; None while it may still succeed."""
+    if pod.phase == "Failed":
+        if pod.reason == "OOMKilled":
+            return PodError(
+                Reason.OOM_KILLED, f"{who} was OOMKilled: raise its memory limit or use less"
+            )
+        if pod.reason == "Evicted":
+            return PodError(Reason.POD_FAILED, f"{who} was evicted: {pod.message or 'no detail'}")
+        tail = (pod.message or "").strip()[-300:]
+        detail = f": {tail}" if tail else ""
+        return PodError(Reason.POD_FAILED, f"{who} exited with code {pod.exit_code}{detail}")
+    if pod.phase in ("Pending", "Running", "Unknown"):
+        if pod.reason in STUCK_REASONS:
+            return PodError(Reason.POD_FAILED, f"{who} cannot start: {pod.reason}")
+        if pod.created_at is not None:
+            elapsed = (now - pod.created_at).total_seconds()
+            if elapsed > timeout_seconds:
+                return PodError(
+                    Reason.TIMED_OUT,
+                    f"{who} ran {elapsed:.0f}s, longer than its timeoutSeconds={timeout_seconds}",
+                )
+    return None
+
+
+def assess_maker(pod: ObservedPod, timeout_seconds: int, now: datetime) -> MakerRecord | None:
+    """The maker's record once its pod ended (or failed, or timed out); None while it runs."""
+    error = pod_error(pod, timeout_seconds, now, "maker")
+    if error is not None:
+        return MakerRecord(
+            pod=pod.name, outcome=ERROR, summary=error.message, error_reason=error.reason.value
+        )
+    if pod.phase != "Succeeded":
+        return None
+    try:
+        result = parse_maker_result(pod.message)
+    except InvalidResult as err:
+        return MakerRecord(
+            pod=pod.name,
+            outcome=ERROR,
+            summary=str(err),
+            error_reason=Reason.INVALID_AGENT_OUTPUT.value,
+        )
+    return MakerRecord(
+        pod=pod.name,
+        outcome=result.outcome.value,
+        summary=result.summary,
+        tokens=result.tokens,
+        cost_usd=result.cost_usd,
+    )
+
+
+def assess_checker(
+    name: str, pod: ObservedPod, timeout_seconds: int, now: datetime
+) -> CheckerRecord | None:
+    """A pod checker's verdict once its pod ended; None while it runs."""
+    error = pod_error(pod, timeout_seconds, now, f"checker {name!r}")
+    if error is not None:
+        return CheckerRecord(
+            name=name, verdict=ERROR, reasons=[error.message], error_reason=error.reason.value
+        )
+    if pod.phase != "Succeeded":
+        return None
+    try:
+        result = parse_checker_result(pod.message)
+    except InvalidResult as err:
+        return CheckerRecord(
+            name=name,
+            verdict=ERROR,
+            reasons=[str(err)],
+            error_reason=Reason.INVALID_AGENT_OUTPUT.value,
+        )
+    return CheckerRecord(
+        name=name,
+        verdict=result.verdict.value,
+        reasons=list(result.reasons),
+        score=result.score,
+        tokens=result.tokens,
+        cost_usd=result.cost_usd,
+    )

@@ -1,0 +1,71 @@
+"""Summarize: compute kstatus conditions from the run's phase, in one place.
+
+Steps never set conditions; this table does. ``Reconciling`` and ``Stalled`` are present only while
+True (kstatus: abnormal-true conditions are removed when they stop applying). A condition keeps its
+``lastTransitionTime`` unless its status flips.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from kloop.api.conditions import Condition, ConditionStatus, ConditionType, Reason
+from kloop.api.looprun import LoopRunStatus, Phase
+
+BUDGET_REASONS = {
+    Reason.MAX_ITERATIONS.value,
+    Reason.TOKEN_BUDGET.value,
+    Reason.COST_BUDGET.value,
+    Reason.DEADLINE.value,
+}
+
+T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
+
+
+def _desired(s: LoopRunStatus) -> dict[ConditionType, tuple[ConditionStatus, str, str]]:
+    message = s.message or ""
+    tearing_down = s.teardown is not None and s.teardown.state == "Running"
+    wanted: dict[ConditionType, tuple[ConditionStatus, str, str]] = {}
+    if s.phase is Phase.SUCCEEDED:
+        wanted[ConditionType.READY] = (T, Reason.SUCCEEDED, message)
+    elif s.phase in (Phase.HALTED, Phase.FAILED):
+        reason = s.halt_reason or Reason.CHECKER_FAILED.value
+        wanted[ConditionType.READY] = (F, reason, message)
+        wanted[ConditionType.STALLED] = (T, reason, message)
+    elif s.phase is Phase.AWAITING_APPROVAL:
+        wanted[ConditionType.READY] = (F, Reason.AWAITING_APPROVAL, message)
+        wanted[ConditionType.AWAITING_APPROVAL] = (T, Reason.AWAITING_APPROVAL, message)
+    elif s.phase is Phase.RUNNING:
+        wanted[ConditionType.READY] = (F, Reason.ITERATING, message)
+        wanted[ConditionType.RECONCILING] = (T, Reason.ITERATING, message)
+    else:
+        reason = Reason.LOOP_NOT_FOUND if "not found" in message else Reason.PENDING
+        wanted[ConditionType.READY] = (F, reason, message)
+        if reason is Reason.LOOP_NOT_FOUND:
+            wanted[ConditionType.STALLED] = (T, reason, message)
+    if tearing_down:
+        wanted[ConditionType.RECONCILING] = (T, Reason.TEARING_DOWN, "teardown pod running")
+    if s.halt_reason in BUDGET_REASONS:
+        wanted[ConditionType.BUDGET_EXHAUSTED] = (T, s.halt_reason or "", message)
+    return wanted
+
+
+def summarize(s: LoopRunStatus, generation: int, now: datetime) -> None:
+    """Replace ``s.conditions`` with the conditions its phase implies."""
+    previous = {c.type: c for c in s.conditions}
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    conditions = []
+    for ctype, (status, reason, message) in _desired(s).items():
+        old = previous.get(ctype.value)
+        since = old.last_transition_time if old is not None and old.status == status else stamp
+        conditions.append(
+            Condition(
+                type=ctype.value,
+                status=status,
+                reason=str(reason),
+                message=message[:32768],
+                last_transition_time=since,
+                observed_generation=generation,
+            )
+        )
+    s.conditions = conditions

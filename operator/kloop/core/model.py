@@ -1,0 +1,145 @@
+"""What the core sees (Observed*) and what it asks for (actions): plain values, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from kloop.api.loop import LoopSpec
+from kloop.api.looprun import LoopRunSpec, LoopRunStatus
+
+LOCAL_CLUSTER = "local"
+IMPLICIT_STAGE = "default"
+
+
+class Role(StrEnum):
+    """What a pod does in a run."""
+
+    MAKER = "maker"
+    CHECKER = "checker"
+    TEARDOWN = "teardown"
+
+
+@dataclass(frozen=True)
+class ObservedPod:
+    """The parts of a pod's status the core decides on."""
+
+    name: str
+    phase: str
+    created_at: datetime | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str | None = None
+    deleting: bool = False
+
+
+@dataclass(frozen=True)
+class OracleOutcome:
+    """The answer of one HTTP oracle evaluation (made by the I/O layer)."""
+
+    verdict: str
+    reasons: list[str]
+    value: str | None = None
+
+
+@dataclass(frozen=True)
+class ObservedLoop:
+    """The Loop a run executes; ``spec`` is None when it is missing or invalid (see ``problem``)."""
+
+    name: str
+    spec: LoopSpec | None
+    problem: str | None = None
+    uid: str | None = None
+
+
+@dataclass(frozen=True)
+class ObservedRun:
+    """Everything observed for one reconcile of a LoopRun."""
+
+    name: str
+    namespace: str
+    generation: int
+    spec: LoopRunSpec
+    status: LoopRunStatus
+    loop: ObservedLoop
+    now: datetime
+    pods: dict[str, ObservedPod] = field(default_factory=dict)
+    oracles: dict[tuple[int, str], OracleOutcome] = field(default_factory=dict)
+    memory_iterations: frozenset[int] = frozenset()
+    clusters: dict[str, dict[str, str]] = field(default_factory=dict)
+    approvals: dict[str, str] = field(default_factory=dict)
+    aborted_by: str | None = None
+
+
+@dataclass(frozen=True)
+class PodRequest:
+    """A pod the core wants to exist, described by role; the I/O layer renders the manifest."""
+
+    name: str
+    role: Role
+    iteration: int
+    stage: str
+    cluster: str
+    checker: str | None = None
+    files: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CreatePod:
+    """Create the pod unless it exists (names are deterministic, so this is idempotent)."""
+
+    pod: PodRequest
+
+
+@dataclass(frozen=True)
+class DeletePod:
+    """Delete a pod that outlived its timeout or its run's decision."""
+
+    name: str
+    why: str
+
+
+@dataclass(frozen=True)
+class EvaluateOracle:
+    """Query an HTTP oracle for a checker of an iteration."""
+
+    iteration: int
+    checker: str
+
+
+@dataclass(frozen=True)
+class AppendMemory:
+    """Record a finished iteration in the loop's memory ConfigMap (skipped if already there)."""
+
+    entry: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RecordEvent:
+    """A Kubernetes Event on the LoopRun; reason equals a condition reason."""
+
+    type: str
+    reason: str
+    message: str
+
+
+Action = CreatePod | DeletePod | EvaluateOracle | AppendMemory | RecordEvent
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The core's answer: the new status, what to do, and when to look again."""
+
+    status: LoopRunStatus
+    actions: list[Action]
+    requeue_after: float | None
+    why: str
+
+    @property
+    def done(self) -> bool:
+        """Nothing more will happen to this run."""
+        phase = self.status.phase
+        teardown_done = self.status.teardown is None or self.status.teardown.state != "Running"
+        return phase is not None and phase.finished and teardown_done

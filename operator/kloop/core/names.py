@@ -1,0 +1,38 @@
+"""Deterministic names and labels: a restarted operator finds what exists instead of duplicating."""
+
+from __future__ import annotations
+
+from kloop.core.model import Role
+
+LABEL_RUN = "kloop.dev/run"
+LABEL_LOOP = "kloop.dev/loop"
+LABEL_ROLE = "kloop.dev/role"
+LABEL_ITERATION = "kloop.dev/iteration"
+LABEL_STAGE = "kloop.dev/stage"
+LABEL_CLUSTER = "kloop.dev/cluster"
+LABEL_CHECKER = "kloop.dev/checker"
+ANNOTATION_APPROVE = "kloop.dev/approve"
+ANNOTATION_ABORT = "kloop.dev/abort"
+
+
+def pod_name(
+    run: str, stage_index: int, cluster: str, iteration: int, role: Role, checker: str | None = None
+) -> str:
+    """``<run>-s<stage>-<cluster>-i<n>-<role>`` (DESIGN.md §3); checkers add their own name."""
+    suffix = role.value if checker is None else f"check-{checker}"
+    return f"{run}-s{stage_index}-{cluster}-i{iteration}-{suffix}"
+
+
+def teardown_pod_name(run: str) -> str:
+    """The one teardown pod of a run."""
+    return f"{run}-teardown"
+
+
+def inputs_config_map_name(pod: str) -> str:
+    """The ConfigMap carrying a pod's input files (feedback.json, maker.json)."""
+    return f"{pod}-in"
+
+
+def branch(run: str, iteration: int) -> str:
+    """Each iteration's own git branch: the Kubernetes form of a worktree."""
+    return f"kloop/{run}/{iteration}"

@@ -1,0 +1,92 @@
+"""The rollout plan: ordered stages, each with its clusters and iteration cap.
+
+A Loop without stages is one implicit stage in its own cluster, so single-cluster loops and
+multi-cluster rollouts go through the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kloop.api.loop import LabelSelector, LoopSpec
+from kloop.api.looprun import BudgetOverride
+from kloop.core.model import IMPLICIT_STAGE, LOCAL_CLUSTER
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage as the run executes it."""
+
+    index: int
+    name: str
+    clusters: tuple[str, ...]
+    max_iterations: int
+    require_approval: bool
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The effective caps of a run: the Loop's budget with the run's overrides applied."""
+
+    max_iterations: int
+    max_tokens: int | None
+    max_cost_usd: float | None
+    deadline_seconds: int | None
+
+
+def compute_limits(loop: LoopSpec, override: BudgetOverride | None) -> Limits:
+    """The Loop's budget, each field replaced by the run's override when set."""
+    b, o = loop.budget, override or BudgetOverride()
+    return Limits(
+        max_iterations=o.max_iterations or b.max_iterations,
+        max_tokens=o.max_tokens if o.max_tokens is not None else b.max_tokens,
+        max_cost_usd=o.max_cost_usd if o.max_cost_usd is not None else b.max_cost_usd,
+        deadline_seconds=o.deadline_seconds
+        if o.deadline_seconds is not None
+        else b.deadline_seconds,
+    )
+
+
+def _selects(selector: LabelSelector, labels: dict[str, str]) -> bool:
+    if any(labels.get(k) != v for k, v in (selector.match_labels or {}).items()):
+        return False
+    for req in selector.match_expressions or []:
+        present, value = req.key in labels, labels.get(req.key)
+        ok = {
+            "In": present and value in (req.values or []),
+            "NotIn": not present or value not in (req.values or []),
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[req.operator]
+        if not ok:
+            return False
+    return True
+
+
+def build_plan(
+    loop: LoopSpec, limits: Limits, clusters: dict[str, dict[str, str]]
+) -> list[StagePlan]:
+    """Stages in order with their clusters (selectors resolved against the known clusters)."""
+    if not loop.stages:
+        return [StagePlan(0, IMPLICIT_STAGE, (LOCAL_CLUSTER,), limits.max_iterations, False)]
+    plan = []
+    for i, stage in enumerate(loop.stages):
+        if stage.clusters:
+            names = tuple(stage.clusters)
+        else:
+            assert stage.cluster_selector is not None
+            names = tuple(
+                sorted(
+                    n for n, labels in clusters.items() if _selects(stage.cluster_selector, labels)
+                )
+            )
+        plan.append(
+            StagePlan(
+                i,
+                stage.name,
+                names,
+                stage.max_iterations or limits.max_iterations,
+                stage.require_approval,
+            )
+        )
+    return plan
