@@ -46,7 +46,7 @@ def _set(path: str, value: Any) -> Callable[[Doc], None]:
         node: Any = doc
         for key in parents:
             node = node[int(key)] if key.isdigit() else node.setdefault(key, {})
-        node[last] = value
+        node[int(last) if last.isdigit() else last] = value
 
     return mutate
 

@@ -103,3 +103,12 @@ def test_pass_conditions(value: object, condition: str, ok: bool) -> None:
 def test_ordering_a_string_is_an_error() -> None:
     with pytest.raises(OracleError):
         passes("green", "< 3")
+
+
+def test_compacted_iterations_still_count_as_appended() -> None:
+    log = empty_log()
+    for i in range(1, 6):
+        log = append_entry(log, entry(i, False), 2, 100_000, "l", "g")
+    assert [e["iteration"] for e in log["entries"]] == [4, 5]
+    again = append_entry(log, entry(1, False), 2, 100_000, "l", "g")
+    assert again == log, "iteration 1 was compacted, not lost: it must not be appended again"

@@ -1,7 +1,8 @@
 """A cron expression as a regular expression, shared by the CRD (CEL) and the operator.
 
 Five fields (minute hour day-of-month month day-of-week) with numbers in range, ranges, steps,
-lists and names, or one of the ``@hourly`` style macros. RE2 and Python ``re`` read it alike.
+lists and names, or one of the ``@hourly`` style macros. RE2 and Python ``re`` read it alike; it has no
+backslash, so it sits in a CEL string literal unescaped.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ _STEP = "[1-9][0-9]?"
 
 def _field(values: str) -> str:
     atom = f"(?:{values})"
-    item = rf"(?:\*|{atom}(?:-{atom})?)(?:/{_STEP})?"
+    item = rf"(?:[*]|{atom}(?:-{atom})?)(?:/{_STEP})?"
     return rf"{item}(?:,{item})*"
 
 

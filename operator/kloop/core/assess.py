@@ -41,6 +41,10 @@ def pod_error(pod: ObservedPod, timeout_seconds: int, now: datetime, who: str) -
             return PodError(
                 Reason.OOM_KILLED, f"{who} was OOMKilled: raise its memory limit or use less"
             )
+        if pod.reason == "DeadlineExceeded":
+            return PodError(
+                Reason.TIMED_OUT, f"{who} ran longer than its timeoutSeconds={timeout_seconds}"
+            )
         if pod.reason == "Evicted":
             return PodError(Reason.POD_FAILED, f"{who} was evicted: {pod.message or 'no detail'}")
         tail = (pod.message or "").strip()[-300:]

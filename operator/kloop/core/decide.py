@@ -82,11 +82,13 @@ def decide(obs: ObservedRun) -> Decision:
     else:
         _run_steps(p, spec)
     _memory_step(p)
-    started = _parse_time(p.status.started_at)
-    if started is not None and not (p.status.phase and p.status.phase.finished):
-        p.status.usage.wall_seconds = round((obs.now - started).total_seconds(), 1)
     p.status.observed_generation = obs.generation
     summarize(p.status, obs.generation, obs.now)
+    started = _parse_time(p.status.started_at)
+    if started is not None and p.status != obs.status:
+        # only when something else changed: an idle reconcile must not write status
+        end = _parse_time(p.status.finished_at) or obs.now
+        p.status.usage.wall_seconds = round((end - started).total_seconds(), 1)
     decision_done = (
         p.status.phase is not None
         and p.status.phase.finished

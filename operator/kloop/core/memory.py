@@ -44,13 +44,23 @@ def empty_log() -> dict[str, Any]:
     log: dict[str, Any] = {
         "summary": {"compacted": 0, "passed": 0, "failed": 0, "lastFailures": []},
         "entries": [],
+        "appended": {},
     }
     return log
 
 
+RUNS_TRACKED = 50
+
+
+def appended_through(log: dict[str, Any], run: str) -> int:
+    """The last iteration of ``run`` in the log (entries are appended in order, even if compacted)."""
+    last: int = log.get("appended", {}).get(run, 0)
+    return last
+
+
 def has_entry(log: dict[str, Any], run: str, iteration: int) -> bool:
     """Whether the log already holds this iteration (appends are idempotent)."""
-    return any(e["run"] == run and e["iteration"] == iteration for e in log["entries"])
+    return iteration <= appended_through(log, run)
 
 
 def _fold(summary: dict[str, Any], entry: dict[str, Any]) -> None:
@@ -73,6 +83,11 @@ def append_entry(
     if has_entry(result, entry["run"], entry["iteration"]):
         return result
     result["entries"].append(entry)
+    appended = result.setdefault("appended", {})
+    appended.pop(entry["run"], None)
+    appended[entry["run"]] = entry["iteration"]
+    while len(appended) > RUNS_TRACKED:
+        appended.pop(next(iter(appended)))
     while len(result["entries"]) > keep:
         _fold(result["summary"], result["entries"].pop(0))
     while len(result["entries"]) > 1 and rendered_size(result, loop, goal) > max_bytes:
