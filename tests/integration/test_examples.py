@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from e2e.cluster.paths import kubectl as pinned_kubectl
 
 pytestmark = pytest.mark.integration

@@ -1,8 +1,8 @@
 """A cron expression as a regular expression, shared by the CRD (CEL) and the operator.
 
 Five fields (minute hour day-of-month month day-of-week) with numbers in range, ranges, steps,
-lists and names, or one of the ``@hourly`` style macros. RE2 and Python ``re`` read it alike; it has no
-backslash, so it sits in a CEL string literal unescaped.
+lists and names, or one of the ``@hourly`` style macros. RE2 and Python ``re`` read it alike; it
+has no backslash, so it sits in a CEL string literal unescaped.
 """
 
 from __future__ import annotations

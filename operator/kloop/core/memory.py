@@ -53,7 +53,7 @@ RUNS_TRACKED = 50
 
 
 def appended_through(log: dict[str, Any], run: str) -> int:
-    """The last iteration of ``run`` in the log (entries are appended in order, even if compacted)."""
+    """The last iteration of ``run`` in the log (appended in order, even if since compacted)."""
     last: int = log.get("appended", {}).get(run, 0)
     return last
 
