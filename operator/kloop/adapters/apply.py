@@ -1,0 +1,181 @@
+"""Carry out a Decision: status first (optimistic concurrency), then the actions, in order.
+
+Writing status before side effects means a crash in between only repeats idempotent actions
+(pods and ConfigMaps have deterministic names; memory appends are keyed by iteration).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kloop.adapters import events, memory, oracles
+from kloop.adapters.kube import Json, Kube, is_status, owner_reference
+from kloop.adapters.observe import OracleCache, Snapshot
+from kloop.adapters.pods import render_inputs, render_pod
+from kloop.api import GROUP, VERSION
+from kloop.core.model import (
+    AppendMemory,
+    CreatePod,
+    Decision,
+    DeletePod,
+    EvaluateOracle,
+    RecordEvent,
+)
+
+log = logging.getLogger("kloop.apply")
+
+
+class Conflict(Exception):
+    """Someone changed the LoopRun since we read it: observe again."""
+
+
+async def write_status(kube: Kube, snap: Snapshot, decision: Decision) -> None:
+    """Replace the status subresource, guarded by the resourceVersion we read."""
+    old = snap.run.get("status") or {}
+    new = decision.status.to_kube()
+    if old.get("kopf") is not None:
+        new["kopf"] = old["kopf"]
+    if new == old:
+        return
+    body = {
+        "apiVersion": snap.run["apiVersion"],
+        "kind": snap.run["kind"],
+        "metadata": {
+            "name": snap.run["metadata"]["name"],
+            "namespace": snap.run["metadata"]["namespace"],
+            "resourceVersion": snap.run["metadata"]["resourceVersion"],
+        },
+        "spec": snap.run["spec"],
+        "status": new,
+    }
+    meta = snap.run["metadata"]
+    try:
+        updated = await kube.call(
+            kube.custom.replace_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            meta["namespace"],
+            "loopruns",
+            meta["name"],
+            body,
+        )
+    except Exception as err:
+        if is_status(err, 409):
+            raise Conflict(str(err)) from err
+        raise
+    snap.run["metadata"]["resourceVersion"] = updated["metadata"]["resourceVersion"]
+
+
+async def _create_pod(kube: Kube, snap: Snapshot, action: CreatePod) -> None:
+    loop = snap.observed.loop
+    assert loop.spec is not None
+    owner = owner_reference(snap.run)
+    namespace = snap.run["metadata"]["namespace"]
+    try:
+        await kube.call(
+            kube.core.create_namespaced_config_map,
+            namespace,
+            render_inputs(action.pod, snap.run, owner),
+        )
+    except Exception as err:
+        if not is_status(err, 409):
+            raise
+    manifest = render_pod(
+        action.pod,
+        snap.run,
+        loop.name,
+        loop.spec,
+        snap.observed.spec,
+        loop.spec.memory_config_map(loop.name),
+        owner,
+    )
+    try:
+        await kube.call(kube.core.create_namespaced_pod, namespace, manifest)
+        log.info("pod created", extra={"pod": action.pod.name, "role": action.pod.role.value})
+    except Exception as err:
+        if not is_status(err, 409):
+            raise
+        log.info("pod exists, adopted", extra={"pod": action.pod.name})
+
+
+async def _delete_pod(kube: Kube, namespace: str, action: DeletePod) -> None:
+    try:
+        await kube.call(kube.core.delete_namespaced_pod, action.name, namespace)
+        log.info("pod deleted", extra={"pod": action.name, "why": action.why})
+    except Exception as err:
+        if not is_status(err, 404):
+            raise
+
+
+async def _append_memory(kube: Kube, snap: Snapshot, entries: list[Json]) -> None:
+    loop = snap.observed.loop
+    if loop.spec is None or snap.loop is None or not entries:
+        return
+    await memory.append(
+        kube,
+        snap.run["metadata"]["namespace"],
+        loop.spec.memory_config_map(loop.name),
+        entries,
+        snap.loop,
+        loop.spec.goal,
+        loop.spec.memory.keep_iterations,
+        loop.spec.memory.max_bytes,
+    )
+
+
+async def _evaluate_oracle(snap: Snapshot, action: EvaluateOracle, cache: OracleCache) -> None:
+    loop = snap.observed.loop.spec
+    assert loop is not None
+    checker = next(c for c in loop.checkers if c.name == action.checker)
+    assert checker.http is not None
+    key = (snap.run["metadata"]["uid"], action.iteration, action.checker)
+    if key not in cache:
+        cache[key] = await oracles.evaluate(checker.http)
+
+
+async def update_loop_status(kube: Kube, snap: Snapshot, decision: Decision) -> None:
+    """Keep the Loop's LAST RUN / PHASE columns current (a status merge patch; never the spec)."""
+    if snap.loop is None or decision.status.phase is None:
+        return
+    wanted = {
+        "lastRun": snap.run["metadata"]["name"],
+        "phase": decision.status.phase.value,
+        "lastRunTime": decision.status.started_at,
+    }
+    current = snap.loop.get("status") or {}
+    if all(current.get(k) == v for k, v in wanted.items()):
+        return
+    if current.get("lastRunTime") and (wanted["lastRunTime"] or "") < current["lastRunTime"]:
+        return  # a newer run owns the columns
+    meta = snap.loop["metadata"]
+    await kube.call(
+        kube.custom.patch_namespaced_custom_object_status,
+        GROUP,
+        VERSION,
+        meta["namespace"],
+        "loops",
+        meta["name"],
+        {"status": wanted},
+    )
+
+
+async def apply(kube: Kube, snap: Snapshot, decision: Decision, cache: OracleCache) -> bool:
+    """Apply a decision; False when status could not be written (re-observe and decide again)."""
+    try:
+        await write_status(kube, snap, decision)
+    except Conflict:
+        return False
+    namespace = snap.run["metadata"]["namespace"]
+    entries = [a.entry for a in decision.actions if isinstance(a, AppendMemory)]
+    await _append_memory(kube, snap, entries)
+    for action in decision.actions:
+        if isinstance(action, CreatePod):
+            await _create_pod(kube, snap, action)
+        elif isinstance(action, DeletePod):
+            await _delete_pod(kube, namespace, action)
+        elif isinstance(action, EvaluateOracle):
+            await _evaluate_oracle(snap, action, cache)
+        elif isinstance(action, RecordEvent):
+            await events.record(kube, snap.run, action.type, action.reason, action.message)
+    await update_loop_status(kube, snap, decision)
+    return True

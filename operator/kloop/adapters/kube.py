@@ -1,0 +1,55 @@
+"""The Kubernetes client, used from asyncio through threads, speaking plain JSON dicts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+Json = dict[str, Any]
+
+
+class Kube:
+    """The few API calls kloop makes, each returning parsed JSON (not generated models)."""
+
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self.api_client = api_client or new_api_client()
+        self.core = client.CoreV1Api(self.api_client)
+        self.custom = client.CustomObjectsApi(self.api_client)
+
+    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking client call in a thread; return parsed JSON when it has a body."""
+        response = await asyncio.to_thread(partial(fn, *args, _preload_content=False, **kwargs))
+        data = response.data
+        return json.loads(data) if data else None
+
+
+def new_api_client() -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG)."""
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        return config.new_client_from_config()
+
+
+def is_status(err: BaseException, *codes: int) -> bool:
+    """Whether ``err`` is an API error with one of these HTTP status codes."""
+    return isinstance(err, ApiException) and err.status in codes
+
+
+def owner_reference(obj: Json, controller: bool = True) -> Json:
+    """An ownerReference to ``obj`` so garbage collection removes children with their owner."""
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "name": obj["metadata"]["name"],
+        "uid": obj["metadata"]["uid"],
+        "controller": controller,
+        "blockOwnerDeletion": True,
+    }

@@ -1,0 +1,93 @@
+"""The memory ConfigMap: read which iterations it holds; append entries with optimistic locking."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kloop.adapters.kube import Json, Kube, is_status
+from kloop.core.memory import (
+    LOG_KEY,
+    MEMORY_KEY,
+    append_entry,
+    appended_through,
+    empty_log,
+    render_markdown,
+)
+
+CONFLICT_RETRIES = 5
+
+
+async def read_log(kube: Kube, namespace: str, name: str) -> tuple[dict[str, Any], Json | None]:
+    """The memory log and the ConfigMap it came from (None when it does not exist yet)."""
+    try:
+        cm = await kube.call(kube.core.read_namespaced_config_map, name, namespace)
+    except Exception as err:
+        if is_status(err, 404):
+            return empty_log(), None
+        raise
+    try:
+        log = json.loads((cm.get("data") or {}).get(LOG_KEY) or "null") or empty_log()
+    except json.JSONDecodeError:
+        log = empty_log()  # a hand-edited, broken log: start over rather than stop the loop
+    log.setdefault("appended", {})
+    return log, cm
+
+
+async def appended_iterations(kube: Kube, namespace: str, name: str, run: str) -> frozenset[int]:
+    """Iterations of ``run`` already in memory."""
+    log, _ = await read_log(kube, namespace, name)
+    return frozenset(range(1, appended_through(log, run) + 1))
+
+
+async def append(
+    kube: Kube,
+    namespace: str,
+    name: str,
+    entries: list[dict[str, Any]],
+    loop: Json,
+    goal: str,
+    keep: int,
+    max_bytes: int,
+) -> None:
+    """Append entries (idempotently) and compact; retries when someone else wrote in between."""
+    for _ in range(CONFLICT_RETRIES):
+        log, cm = await read_log(kube, namespace, name)
+        for entry in entries:
+            log = append_entry(log, entry, keep, max_bytes, loop["metadata"]["name"], goal)
+        data = {
+            LOG_KEY: json.dumps(log, indent=1),
+            MEMORY_KEY: render_markdown(log, loop["metadata"]["name"], goal),
+        }
+        body: Json = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {"kloop.dev/loop": loop["metadata"]["name"]},
+                "ownerReferences": [
+                    {
+                        "apiVersion": loop["apiVersion"],
+                        "kind": loop["kind"],
+                        "name": loop["metadata"]["name"],
+                        "uid": loop["metadata"]["uid"],
+                    }
+                ],
+            },
+            "data": data,
+        }
+        try:
+            if cm is None:
+                await kube.call(kube.core.create_namespaced_config_map, namespace, body)
+            else:
+                body["metadata"]["resourceVersion"] = cm["metadata"]["resourceVersion"]
+                body["metadata"]["ownerReferences"] = (
+                    cm["metadata"].get("ownerReferences") or body["metadata"]["ownerReferences"]
+                )
+                await kube.call(kube.core.replace_namespaced_config_map, name, namespace, body)
+            return
+        except Exception as err:
+            if not is_status(err, 409):
+                raise
+    raise RuntimeError(f"memory ConfigMap {namespace}/{name}: too many write conflicts")

@@ -1,0 +1,169 @@
+"""Agent pods: render the manifest for a PodRequest (the agent contract) and read pods back."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import datetime
+from typing import Any
+
+from kloop.api.loop import LoopSpec
+from kloop.api.looprun import LoopRunSpec
+from kloop.api.pod import PodTemplate
+from kloop.core import names
+from kloop.core.model import ObservedPod, PodRequest, Role
+
+Json = dict[str, Any]
+
+MEMORY_DIR = "/kloop/memory"
+FEEDBACK_FILE = "/kloop/feedback.json"
+MAKER_FILE = "/kloop/maker.json"
+SKILLS_DIR = "/kloop/skills"
+WORKSPACE_DIR = "/kloop/workspace"
+
+
+def _template_for(req: PodRequest, loop: LoopSpec) -> tuple[PodTemplate, int]:
+    if req.role is Role.MAKER:
+        return loop.maker.template, loop.maker.timeout_seconds
+    if req.role is Role.TEARDOWN:
+        assert loop.teardown is not None
+        return loop.teardown.template, loop.teardown.timeout_seconds
+    checker = next(c for c in loop.checkers if c.name == req.checker)
+    assert checker.template is not None
+    return checker.template, checker.timeout_seconds
+
+
+def contract_env(
+    req: PodRequest, run: Json, loop_name: str, loop: LoopSpec, run_spec: LoopRunSpec
+) -> list[Json]:
+    """The KLOOP_* variables of the agent contract (DESIGN.md §2)."""
+    goal = loop.goal + (f"\n{run_spec.goal_suffix}" if run_spec.goal_suffix else "")
+    env = {
+        "KLOOP_LOOP": loop_name,
+        "KLOOP_RUN": run["metadata"]["name"],
+        "KLOOP_ITERATION": str(req.iteration),
+        "KLOOP_STAGE": req.stage,
+        "KLOOP_CLUSTER": req.cluster,
+        "KLOOP_ROLE": req.role.value,
+        "KLOOP_GOAL": goal,
+        "KLOOP_BRANCH": names.branch(run["metadata"]["name"], req.iteration),
+        "KLOOP_CONTEXT": json.dumps(run_spec.context or {}),
+        "KLOOP_MEMORY_DIR": MEMORY_DIR,
+        "KLOOP_FEEDBACK": FEEDBACK_FILE,
+    }
+    if req.checker:
+        env["KLOOP_CHECKER"] = req.checker
+    if loop.workspace is not None:
+        env["KLOOP_WORKSPACE"] = WORKSPACE_DIR
+    return [{"name": k, "value": v} for k, v in env.items()]
+
+
+def render_pod(
+    req: PodRequest,
+    run: Json,
+    loop_name: str,
+    loop: LoopSpec,
+    run_spec: LoopRunSpec,
+    memory_config_map: str,
+    owner: Json,
+) -> Json:
+    """The pod manifest: the user's template plus the contract's env, files and labels."""
+    template, timeout = _template_for(req, loop)
+    raw = template.to_kube()
+    spec: Json = copy.deepcopy(raw["spec"])
+    meta = raw.get("metadata") or {}
+    labels = {
+        **(meta.get("labels") or {}),
+        names.LABEL_RUN: run["metadata"]["name"],
+        names.LABEL_LOOP: loop_name,
+        names.LABEL_ROLE: req.role.value,
+        names.LABEL_ITERATION: str(req.iteration),
+        names.LABEL_STAGE: req.stage,
+        names.LABEL_CLUSTER: req.cluster,
+    }
+    if req.checker:
+        labels[names.LABEL_CHECKER] = req.checker
+    inputs = names.inputs_config_map_name(req.name)
+    volumes = [
+        {"name": "kloop-memory", "configMap": {"name": memory_config_map, "optional": True}},
+        {"name": "kloop-inputs", "configMap": {"name": inputs}},
+    ]
+    mounts = [{"name": "kloop-memory", "mountPath": MEMORY_DIR, "readOnly": True}]
+    for file in sorted(req.files):
+        mounts.append(
+            {
+                "name": "kloop-inputs",
+                "mountPath": f"/kloop/{file}",
+                "subPath": file,
+                "readOnly": True,
+            }
+        )
+    for i, skill in enumerate(loop.skills or []):
+        volume = f"kloop-skill-{i}"
+        volumes.append({"name": volume, "configMap": {"name": skill.config_map_name}})
+        mounts.append(
+            {"name": volume, "mountPath": f"{SKILLS_DIR}/{skill.config_map_name}", "readOnly": True}
+        )
+    env = contract_env(req, run, loop_name, loop, run_spec)
+    for container in spec["containers"]:
+        container["env"] = [*env, *(container.get("env") or [])]
+        container["volumeMounts"] = [*(container.get("volumeMounts") or []), *mounts]
+    # on a crash with no result written, the log tail becomes the message: a reason for humans
+    spec["containers"][0].setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
+    spec["volumes"] = [*(spec.get("volumes") or []), *volumes]
+    spec["restartPolicy"] = "Never"
+    spec.setdefault("activeDeadlineSeconds", timeout)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": req.name,
+            "namespace": run["metadata"]["namespace"],
+            "labels": labels,
+            "annotations": meta.get("annotations") or {},
+            "ownerReferences": [owner],
+        },
+        "spec": spec,
+    }
+
+
+def render_inputs(req: PodRequest, run: Json, owner: Json) -> Json:
+    """The ConfigMap that carries a pod's input files (feedback.json, maker.json)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": names.inputs_config_map_name(req.name),
+            "namespace": run["metadata"]["namespace"],
+            "labels": {names.LABEL_RUN: run["metadata"]["name"]},
+            "ownerReferences": [owner],
+        },
+        "data": dict(req.files),
+    }
+
+
+def _time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+
+
+def observe_pod(pod: Json) -> ObservedPod:
+    """What the core needs of a pod: phase, and the first container's end (or why it waits)."""
+    status = pod.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    first = pod["spec"]["containers"][0]["name"]
+    container: Json = next((c for c in statuses if c.get("name") == first), {})
+    state = container.get("state") or {}
+    terminated = state.get("terminated") or {}
+    waiting = state.get("waiting") or {}
+    reason = status.get("reason") or terminated.get("reason") or waiting.get("reason")
+    if waiting and waiting.get("reason") in ("ErrImageNeverPull", "ImagePullBackOff"):
+        reason = waiting["reason"]
+    return ObservedPod(
+        name=pod["metadata"]["name"],
+        phase=status.get("phase") or "Pending",
+        created_at=_time(pod["metadata"].get("creationTimestamp")),
+        exit_code=terminated.get("exitCode"),
+        reason=reason,
+        message=terminated.get("message") or status.get("message"),
+        deleting=pod["metadata"].get("deletionTimestamp") is not None,
+    )
