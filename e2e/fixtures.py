@@ -17,6 +17,7 @@ from kubernetes import client, config
 
 from e2e.cluster import local
 from e2e.cluster.paths import ADMIN_KUBECONFIG
+from e2e.operator_process import OperatorProcess
 
 
 def using_external_cluster() -> bool:
@@ -108,3 +109,17 @@ def kloop_crds(api_client: client.ApiClient) -> list[str]:
                 raise AssertionError(f"CRD {name} not established: {conditions}")
             time.sleep(0.2)
     return names
+
+
+@pytest.fixture
+def operator(
+    cluster: Path, kloop_crds: list[str], namespace: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """The kloop operator as a process watching this test's namespace; its log on failure."""
+    proc = OperatorProcess(cluster, tmp_path / "operator.log", [namespace])
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        print(f"--- operator log (tail) ---\n{proc.log_tail(60)}")

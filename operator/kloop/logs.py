@@ -21,7 +21,7 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _STANDARD and not key.startswith(("_", "k8s_")) and key != "settings":
                 doc[key] = (
                     value if isinstance(value, str | int | float | bool | None) else str(value)
                 )
@@ -37,5 +37,6 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("kubernetes", "urllib3", "httpx", "httpcore"):
+    # kopf.objects logs every successful event handler at INFO; its warnings and errors stay
+    for noisy in ("kubernetes", "urllib3", "httpx", "httpcore", "kopf.objects"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
