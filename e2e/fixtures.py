@@ -17,6 +17,7 @@ from kubernetes import client, config
 
 from e2e.cluster import local
 from e2e.cluster.paths import ADMIN_KUBECONFIG
+from e2e.crds import install_crds
 from e2e.operator_process import OperatorProcess
 
 
@@ -74,41 +75,10 @@ def extra_cluster(cluster: Path) -> Path:
     return local.add_cluster("b")
 
 
-CRDS_DIR = Path(__file__).resolve().parent.parent / "crds"
-
-
 @pytest.fixture(scope="session")
 def kloop_crds(api_client: client.ApiClient) -> list[str]:
-    """Install (or update) the generated kloop CRDs and wait until they are served."""
-    import time
-
-    import yaml
-
-    ext = client.ApiextensionsV1Api(api_client)
-    names = []
-    for path in sorted(CRDS_DIR.glob("*.yaml")):
-        body = yaml.safe_load(path.read_text())
-        name = body["metadata"]["name"]
-        names.append(name)
-        try:
-            current = ext.read_custom_resource_definition(name)
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            ext.replace_custom_resource_definition(name, body)
-        except client.ApiException as err:
-            if err.status != 404:
-                raise
-            ext.create_custom_resource_definition(body)
-    deadline = time.monotonic() + 60
-    for name in names:
-        while True:
-            crd = ext.read_custom_resource_definition(name)
-            conditions = {c.type: c.status for c in (crd.status.conditions or [])}
-            if conditions.get("Established") == "True":
-                break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"CRD {name} not established: {conditions}")
-            time.sleep(0.2)
-    return names
+    """The generated kloop CRDs, installed (or updated) and served."""
+    return install_crds(api_client)
 
 
 @pytest.fixture

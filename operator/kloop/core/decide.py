@@ -261,6 +261,7 @@ def _maker_step(p: _Pass, spec: LoopSpec, stage: StagePlan, record: IterationRec
             p.actions.append(DeletePod(name, outcome.summary))
         p.event(Reason(outcome.error_reason or Reason.MAKER_ERROR.value), outcome.summary, True)
     else:
+        p.status.message = f"iteration {record.number}: maker {outcome.outcome}, checkers running"
         p.event(
             Reason.ITERATING,
             f"maker of iteration {record.number}: {outcome.outcome}: {outcome.summary}"[:1000],
