@@ -152,3 +152,38 @@ def test_operator_killed_mid_iteration_resumes_without_duplicate_pods(
     _, log = memory(api_client, namespace, "greeting")
     assert [e["iteration"] for e in log["entries"]] == [1, 2, 3], "no entry lost or doubled"
     assert get_run(api_client, namespace, "crashy")["metadata"].get("annotations") is None
+
+
+def test_deleting_a_looprun_stops_it_and_garbage_collects_its_pods(
+    api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    loop = greeting_loop()
+    agent = loop["spec"]["maker"]["template"]["spec"]["containers"][0]
+    agent["args"] = ["sleep 300"]
+    create_loop(api_client, namespace, loop)
+    start_run(api_client, namespace, "greeting", "doomed")
+    core = client.CoreV1Api(api_client)
+    custom = client.CustomObjectsApi(api_client)
+    wait_for("maker pod", lambda: run_pods(api_client, namespace, "doomed"), timeout=60)
+    custom.delete_namespaced_custom_object("kloop.dev", "v1alpha1", namespace, "loopruns", "doomed")
+
+    def run_gone() -> bool:
+        try:
+            get_run(api_client, namespace, "doomed")
+        except client.ApiException as err:
+            return err.status == 404
+        return False
+
+    wait_for("LoopRun deleted (finalizer released)", run_gone, timeout=60)
+    wait_for(
+        "pods garbage-collected",
+        lambda: (
+            not [
+                p
+                for p in core.list_namespaced_pod(namespace).items
+                if p.metadata.labels.get("kloop.dev/run") == "doomed"
+                and p.metadata.deletion_timestamp is None
+            ]
+        ),
+        timeout=90,
+    )
