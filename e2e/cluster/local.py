@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from e2e.cluster import build, images, pki, processes
-from e2e.cluster.paths import ADMIN_KUBECONFIG, LOGS, PKI, STATE_ROOT, kubectl
+from e2e.cluster.paths import ADMIN_KUBECONFIG, CACHE_ROOT, LOGS, PKI, STATE_ROOT, kubectl
 
 ETCD_CLIENT = "http://127.0.0.1:2379"
 API_PORT = 6443
@@ -31,6 +31,7 @@ CNI_CONF_DIR = STATE_ROOT / "cni" / "net.d"
 KUBELET_ROOT = STATE_ROOT / "kubelet"
 CLUSTERS_DIR = STATE_ROOT / "clusters"
 EXTRA_CLUSTER_FIRST_PORT = 6444
+LAST_LOGS = CACHE_ROOT / "last-cluster-logs"
 
 DEBIAN_NEEDS = {
     "containerd": "/usr/bin/containerd",
@@ -56,6 +57,8 @@ class ClusterError(RuntimeError):
 
 def ensure_debian_packages() -> None:
     """Install the Debian packages the node needs, when any is missing."""
+    if shutil.which("go") is None:
+        raise ClusterError("a Go toolchain (>= 1.24) is needed to build Kubernetes: none on PATH")
     missing = [pkg for pkg, path in DEBIAN_NEEDS.items() if not Path(path).exists()]
     busybox_static = subprocess.run(
         ["dpkg-query", "-W", "-f=${Status}", "busybox-static"], capture_output=True, text=True
@@ -478,9 +481,12 @@ def down() -> None:
     _unmount_under(STATE_ROOT)
     _delete_pod_netns()
     subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+    if LOGS.exists():
+        shutil.rmtree(LAST_LOGS, ignore_errors=True)
+        shutil.copytree(LOGS, LAST_LOGS)
     if STATE_ROOT.exists():
         shutil.rmtree(STATE_ROOT, ignore_errors=True)
-    say("cluster down")
+    say(f"cluster down (component logs kept in {LAST_LOGS})")
 
 
 def status() -> dict[str, bool]:
