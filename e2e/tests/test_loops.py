@@ -165,6 +165,7 @@ def test_deleting_a_looprun_stops_it_and_garbage_collects_its_pods(
     core = client.CoreV1Api(api_client)
     custom = client.CustomObjectsApi(api_client)
     wait_for("maker pod", lambda: run_pods(api_client, namespace, "doomed"), timeout=60)
+    assert not get_run(api_client, namespace, "doomed")["metadata"].get("finalizers")
     custom.delete_namespaced_custom_object("kloop.dev", "v1alpha1", namespace, "loopruns", "doomed")
 
     def run_gone() -> bool:
@@ -174,7 +175,7 @@ def test_deleting_a_looprun_stops_it_and_garbage_collects_its_pods(
             return err.status == 404
         return False
 
-    wait_for("LoopRun deleted (finalizer released)", run_gone, timeout=60)
+    wait_for("LoopRun deleted", run_gone, timeout=60)
     wait_for(
         "pods garbage-collected",
         lambda: (

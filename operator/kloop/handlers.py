@@ -1,14 +1,19 @@
 """kopf wiring only: for each LoopRun, observe -> decide -> apply, woken by its pods' events.
 
-A LoopRun gets one daemon (one coroutine), so its reconciles never overlap. Pod and LoopRun events
-only wake that coroutine; they write nothing on the objects (GitOps-clean, see docs/gitops.md).
+Each unfinished LoopRun gets one asyncio task (so its reconciles never overlap), started by kopf's
+event handler on LoopRuns — also for every existing run when the operator starts — and woken by
+events on the run and its pods. Event handlers write nothing on the objects: no annotations, and
+no finalizer, so a LoopRun can always be deleted, even with the operator gone (its pods are then
+garbage-collected through their ownerReferences). See docs/gitops.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -23,18 +28,23 @@ from kloop.core.model import EvaluateOracle
 
 log = logging.getLogger("kloop.handlers")
 
-FINALIZER = "kloop.dev/finalizer"
-_wakers: dict[tuple[str, str], asyncio.Event] = {}
+ERROR_BACKOFF_MAX = 60.0
 
 
-def _waker(namespace: str, name: str) -> asyncio.Event:
-    return _wakers.setdefault((namespace, name), asyncio.Event())
+@dataclass
+class _Driver:
+    """The task driving one LoopRun and the event that wakes it."""
+
+    task: asyncio.Task[None]
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+_drivers: dict[tuple[str, str], _Driver] = {}
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """Keep kopf's bookkeeping in status (not annotations) and name the finalizer ours."""
-    settings.persistence.finalizer = FINALIZER
+async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    """Keep any kopf bookkeeping in status (never annotations) and build the API client."""
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
     settings.posting.level = logging.WARNING
@@ -44,19 +54,25 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.oracles = {}
 
 
-@kopf.daemon(GROUP, VERSION, "loopruns", cancellation_timeout=5.0)
-async def run_loop(
-    *, name: str, namespace: str | None, stopped: kopf.DaemonStopped, memo: Any, **_: Any
-) -> None:
-    """Drive one LoopRun until it is finished (or deleted, or the operator stops)."""
-    assert namespace is not None, "LoopRuns are namespaced"
-    kube: Kube = memo.kube
-    cache: OracleCache = memo.oracles
-    wake = _waker(namespace, name)
+@kopf.on.cleanup()
+async def stop_drivers(**_: Any) -> None:
+    """Cancel every run's task on shutdown; the next operator resumes from status."""
+    for driver in list(_drivers.values()):
+        driver.task.cancel()
+    for driver in list(_drivers.values()):
+        with contextlib.suppress(asyncio.CancelledError):
+            await driver.task
+    _drivers.clear()
+
+
+async def drive(kube: Kube, cache: OracleCache, namespace: str, name: str) -> None:
+    """Reconcile one LoopRun until it is finished or gone; API errors back off and retry."""
     ctx = {"run": name, "namespace": namespace}
-    try:
-        while not stopped:
-            wake.clear()
+    failures = 0
+    while True:
+        driver = _drivers[(namespace, name)]
+        driver.wake.clear()
+        try:
             snap = await observe(kube, namespace, name, cache)
             if snap is None:
                 return
@@ -64,38 +80,70 @@ async def run_loop(
             if not await apply(kube, snap, decision, cache):
                 log.info("status conflict, observing again", extra=ctx)
                 continue
-            log.info(
-                decision.why or "reconciled",
-                extra={
-                    **ctx,
-                    "phase": decision.status.phase.value if decision.status.phase else None,
-                    "iteration": decision.status.iteration,
-                    "actions": ",".join(type(a).__name__ for a in decision.actions),
-                },
-            )
-            if decision.done:
-                return
-            if any(isinstance(a, EvaluateOracle) for a in decision.actions):
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=decision.requeue_after)
-    finally:
-        _wakers.pop((namespace, name), None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a run must survive API hiccups
+            failures += 1
+            delay = min(ERROR_BACKOFF_MAX, 2.0**failures)
+            log.warning("reconcile failed, retrying in %.0fs: %s", delay, err, extra=ctx)
+            await asyncio.sleep(delay)
+            continue
+        failures = 0
+        log.info(
+            decision.why or "reconciled",
+            extra={
+                **ctx,
+                "phase": decision.status.phase.value if decision.status.phase else None,
+                "iteration": decision.status.iteration,
+                "actions": ",".join(type(a).__name__ for a in decision.actions),
+            },
+        )
+        if decision.done:
+            return
+        if any(isinstance(a, EvaluateOracle) for a in decision.actions):
+            continue
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(driver.wake.wait(), timeout=decision.requeue_after)
 
 
-@kopf.on.event("", "v1", "pods", labels={names.LABEL_RUN: kopf.PRESENT})
-async def pod_changed(*, labels: Any, namespace: str | None, **_: Any) -> None:
-    """A run's pod changed: wake that run's daemon."""
-    _wake(namespace, labels.get(names.LABEL_RUN))
+def _finished(status: Any) -> bool:
+    phase = status.get("phase")
+    teardown = (status.get("teardown") or {}).get("state")
+    return phase in ("Succeeded", "Failed", "Halted") and teardown != "Running"
 
 
 @kopf.on.event(GROUP, VERSION, "loopruns")
-async def run_changed(*, name: str, namespace: str | None, **_: Any) -> None:
-    """The run itself changed (an approval or abort annotation): wake its daemon."""
-    _wake(namespace, name)
+async def run_event(
+    *, type: str | None, name: str, namespace: str | None, status: Any, memo: Any, **_: Any
+) -> None:
+    """Start a task for each unfinished run (new, or found at startup); wake it on changes."""
+    key = (namespace or "", name)
+    driver = _drivers.get(key)
+    if type == "DELETED":
+        if driver is not None:
+            driver.task.cancel()
+        return
+    if driver is not None and not driver.task.done():
+        driver.wake.set()
+        return
+    if _finished(status):
+        return
+    task = asyncio.create_task(drive(memo.kube, memo.oracles, key[0], name), name=f"run {key}")
+    _drivers[key] = _Driver(task)
+    task.add_done_callback(functools.partial(_forget, key))
 
 
-def _wake(namespace: str | None, run: str | None) -> None:
-    waker = _wakers.get((namespace or "", run or ""))
-    if waker is not None:
-        waker.set()
+def _forget(key: tuple[str, str], task: asyncio.Task[None]) -> None:
+    driver = _drivers.get(key)
+    if driver is not None and driver.task is task:
+        del _drivers[key]
+    if not task.cancelled() and task.exception() is not None:
+        log.error("run task crashed: %s", task.exception(), extra={"run": key[1]})
+
+
+@kopf.on.event("", "v1", "pods", labels={names.LABEL_RUN: kopf.PRESENT})
+async def pod_event(*, labels: Any, namespace: str | None, **_: Any) -> None:
+    """A run's pod changed: wake that run's task."""
+    driver = _drivers.get((namespace or "", labels.get(names.LABEL_RUN) or ""))
+    if driver is not None:
+        driver.wake.set()
