@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from kloop.api.crdgen import build_crds, render
+from kloop.api.crdgen import build_crds, main, render
 from kloop.api.cron import is_valid_cron
 from kloop.api.loop import LoopSpec
 from kloop.api.results import InvalidResult, parse_checker_result, parse_maker_result
@@ -25,9 +25,20 @@ def _example_spec() -> dict[str, Any]:
 
 
 def test_committed_crds_equal_what_the_models_generate() -> None:
+    for directory in ("crds", "charts/kloop/crds"):
+        generated = build_crds()
+        on_disk = sorted(p.name for p in (ROOT / directory).glob("*.yaml"))
+        assert on_disk == sorted(generated), f"{directory}/ has other files: run `make crds`"
+        for name, crd in generated.items():
+            committed = (ROOT / directory / name).read_text()
+            assert committed == render(crd), f"{directory}/{name} is stale: run `make crds`"
+
+
+def test_crdgen_writes_the_repository_and_the_chart_copies(tmp_path: Path) -> None:
+    assert main([str(tmp_path / "crds")]) == 0
     for name, crd in build_crds().items():
-        committed = (ROOT / "crds" / name).read_text()
-        assert committed == render(crd), f"crds/{name} is stale: run `make crds`"
+        assert (tmp_path / "crds" / name).read_text() == render(crd)
+        assert (tmp_path / "charts/kloop/crds" / name).read_text() == render(crd)
 
 
 def test_crd_schema_is_structural_no_refs_titles_or_anyof() -> None:
