@@ -16,7 +16,6 @@ import pytest
 from kubernetes import client, config
 
 from e2e.cluster import local
-from e2e.cluster.paths import ADMIN_KUBECONFIG
 from e2e.crds import install_crds
 from e2e.operator_process import OperatorProcess
 
@@ -35,13 +34,14 @@ def cluster(pytestconfig: pytest.Config) -> Iterator[Path]:
             pytest.fail(f"KLOOP_TEST_KUBECONFIG is set but the kubeconfig {path} does not exist")
         yield path
         return
-    if local.is_up():
-        yield ADMIN_KUBECONFIG
-        return
+    started_here = not local.any_running()
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():  # show build and start-up progress live
         print()
         kubeconfig = local.up()
+    if not started_here:
+        yield kubeconfig  # somebody else's cluster (make cluster-up): leave it running
+        return
     try:
         yield kubeconfig
     finally:

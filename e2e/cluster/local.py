@@ -370,9 +370,24 @@ def _default_service_account() -> bool:
     return _kubectl_ok(ADMIN_KUBECONFIG, "get", "serviceaccount", "default", "-n", "default")
 
 
+def any_running() -> bool:
+    """Whether any component of a local cluster runs (so somebody may be using it)."""
+    return any(processes.running(name) for name in processes.started_names())
+
+
 def is_up() -> bool:
-    """Whether the local cluster answers and its node is Ready."""
-    return ADMIN_KUBECONFIG.exists() and processes.running("kube-apiserver") and _node_ready()
+    """Whether the local cluster answers and its node is Ready.
+
+    Asked a few times: a busy machine can miss one probe, and a wrong "no" would restart a
+    cluster others use.
+    """
+    if not (ADMIN_KUBECONFIG.exists() and processes.running("kube-apiserver")):
+        return False
+    for attempt in range(3):
+        if _node_ready():
+            return True
+        time.sleep(1 + attempt)
+    return False
 
 
 def up() -> Path:
@@ -381,9 +396,11 @@ def up() -> Path:
     if is_up():
         say(f"already up; KUBECONFIG={ADMIN_KUBECONFIG}")
         return ADMIN_KUBECONFIG
-    if STATE_ROOT.exists():
-        say(f"cleaning a half-started or stale cluster in {STATE_ROOT}")
+    if STATE_ROOT.exists() and not any_running():
+        say(f"cleaning a stale cluster in {STATE_ROOT} (no component runs)")
         down()
+    elif STATE_ROOT.exists():
+        say("some components run: starting only the missing ones")
     ensure_debian_packages()
     etcd_bin = build.build_etcd()
     k8s_bin = build.build_kubernetes()
@@ -396,7 +413,7 @@ def up() -> Path:
     say("starting etcd")
     _start_etcd(etcd_bin)
     say("starting kube-apiserver")
-    admin = _start_apiserver(k8s_bin, "kube-apiserver", API_PORT, "/registry", "0.0.0.0")
+    admin = _start_apiserver(k8s_bin, "kube-apiserver", API_PORT, "/registry", "127.0.0.1")
     shutil.copy2(admin, ADMIN_KUBECONFIG)
     kubeconfigs = _component_kubeconfigs()
     say("starting kube-controller-manager and kube-scheduler")

@@ -20,7 +20,7 @@ import kopf
 
 from kloop.adapters.apply import apply
 from kloop.adapters.kube import Kube
-from kloop.adapters.observe import OracleCache, observe
+from kloop.adapters.observe import Caches, observe
 from kloop.api import GROUP, VERSION
 from kloop.core import names
 from kloop.core.decide import decide
@@ -51,7 +51,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     memo.kube = Kube()
-    memo.oracles = {}
+    memo.caches = Caches()
 
 
 @kopf.on.cleanup()
@@ -65,7 +65,7 @@ async def stop_drivers(**_: Any) -> None:
     _drivers.clear()
 
 
-async def drive(kube: Kube, cache: OracleCache, namespace: str, name: str) -> None:
+async def drive(kube: Kube, caches: Caches, namespace: str, name: str) -> None:
     """Reconcile one LoopRun until it is finished or gone; API errors back off and retry."""
     ctx = {"run": name, "namespace": namespace}
     failures = 0
@@ -73,11 +73,11 @@ async def drive(kube: Kube, cache: OracleCache, namespace: str, name: str) -> No
         driver = _drivers[(namespace, name)]
         driver.wake.clear()
         try:
-            snap = await observe(kube, namespace, name, cache)
+            snap = await observe(kube, namespace, name, caches)
             if snap is None:
                 return
             decision = decide(snap.observed)
-            if not await apply(kube, snap, decision, cache):
+            if not await apply(kube, snap, decision, caches):
                 log.info("status conflict, observing again", extra=ctx)
                 continue
         except asyncio.CancelledError:
@@ -99,6 +99,7 @@ async def drive(kube: Kube, cache: OracleCache, namespace: str, name: str) -> No
             },
         )
         if decision.done:
+            caches.forget(snap.observed.uid)
             return
         if any(isinstance(a, EvaluateOracle) for a in decision.actions):
             continue
@@ -128,7 +129,7 @@ async def run_event(
         return
     if _finished(status):
         return
-    task = asyncio.create_task(drive(memo.kube, memo.oracles, key[0], name), name=f"run {key}")
+    task = asyncio.create_task(drive(memo.kube, memo.caches, key[0], name), name=f"run {key}")
     _drivers[key] = _Driver(task)
     task.add_done_callback(functools.partial(_forget, key))
 

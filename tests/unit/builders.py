@@ -56,6 +56,7 @@ def observe(
     loop_missing: bool = False,
     aborted_by: str | None = None,
     clusters: dict[str, dict[str, str]] | None = None,
+    memory_conflict: str | None = None,
 ) -> ObservedRun:
     return ObservedRun(
         name=RUN,
@@ -71,6 +72,8 @@ def observe(
         approvals=approvals or {},
         aborted_by=aborted_by,
         clusters=clusters or {},
+        uid="uid-1",
+        memory_conflict=memory_conflict,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -14,6 +15,7 @@ from kloop.core.model import (
     CreatePod,
     DeletePod,
     EvaluateOracle,
+    ObservedLoop,
     ObservedPod,
     OracleOutcome,
     RecordEvent,
@@ -340,3 +342,72 @@ def test_condition_transition_time_is_kept_while_status_does_not_flip() -> None:
     sim.step()
     after = {c.type: c.last_transition_time for c in sim.status.conditions}
     assert before == after
+
+
+def test_budget_exactly_reached_by_the_maker_still_gets_graded() -> None:
+    sim = Simulation(loop_spec(budget={"maxIterations": 5, "maxTokens": 100}))
+    sim.step()
+    d = sim.finish(maker_pod(1), maker_ok(tokens=100))
+    assert created(d) == [checker_pod(1)], "work already paid for is graded"
+    d = sim.finish(checker_pod(1), verdict("fail", "no"))
+    assert (d.status.phase, d.status.halt_reason) == (Phase.HALTED, "TokenBudget")
+    assert maker_pod(2) not in created(d), "no budget left for another iteration"
+
+
+def test_budget_exactly_reached_with_a_pass_succeeds() -> None:
+    sim = Simulation(loop_spec(budget={"maxIterations": 5, "maxTokens": 100}))
+    sim.step()
+    sim.finish(maker_pod(1), maker_ok(tokens=100))
+    d = sim.finish(checker_pod(1), verdict("pass"))
+    assert d.status.phase is Phase.SUCCEEDED
+
+
+def test_loop_deleted_mid_run_halts_instead_of_hanging() -> None:
+    sim = Simulation(with_teardown())
+    sim.step()
+    d = decide(observe(sim.status, pods=dict(sim.pods), loop_missing=True))
+    assert (d.status.phase, d.status.halt_reason) == (Phase.HALTED, "LoopNotFound")
+    assert d.status.teardown is not None and d.status.teardown.state == "Skipped"
+    assert DeletePod(maker_pod(1), "run halted") in d.actions
+    assert d.done
+
+
+def test_invalid_loop_before_start_stalls_with_its_own_reason() -> None:
+    obs = observe(loop_missing=True)
+    invalid = replace(obs, loop=ObservedLoop("l", None, "Loop 'l' is invalid: x", uid="u"))
+    d = decide(invalid)
+    assert conditions(d.status)["Stalled"] == ("True", "InvalidLoop")
+    assert d.status.phase is Phase.PENDING
+
+
+def test_stages_edited_mid_run_halt_with_loop_changed() -> None:
+    two = loop_spec(
+        stages=[{"name": "a", "clusters": ["local"]}, {"name": "b", "clusters": ["local"]}]
+    )
+    sim = Simulation(two)
+    sim.step()
+    sim.spec = loop_spec(stages=[{"name": "b", "clusters": ["local"]}])
+    d = sim.step()
+    assert (d.status.phase, d.status.halt_reason) == (Phase.HALTED, "LoopChanged")
+    assert "start a new run" in (d.status.message or "")
+
+
+def test_memory_config_map_owned_by_someone_else_fails_the_run_and_is_not_written() -> None:
+    sim = Simulation(loop_spec(), memory_conflict="ConfigMap victim is not this Loop's memory")
+    d = sim.step()
+    assert (d.status.phase, d.status.halt_reason) == (Phase.FAILED, "MemoryConflict")
+    assert not any(isinstance(a, (AppendMemory, CreatePod)) for a in d.actions)
+
+
+def test_pod_rejected_by_the_apiserver_fails_the_run_with_its_message() -> None:
+    start = decide(observe())
+    rejected = ObservedPod(maker_pod(1), "Failed", reason="Rejected", message="cpu: banana")
+    d = decide(observe(start.status, pods={maker_pod(1): rejected}))
+    assert (d.status.phase, d.status.halt_reason) == (Phase.FAILED, "PodRejected")
+    assert "rejected by the apiserver: cpu: banana" in (d.status.message or "")
+
+
+def test_accepted_but_inert_fields_are_announced_with_a_warning() -> None:
+    d = decide(observe(spec=loop_spec(schedule="@daily")))
+    warnings = [a for a in d.actions if isinstance(a, RecordEvent) and a.reason == "NotImplemented"]
+    assert warnings and "schedule" in warnings[0].message

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.unit
 def entry(i: int, passed: bool, reason: str = "broken") -> dict[str, object]:
     return {
         "run": "r",
+        "runUid": "u1",
         "iteration": i,
         "stage": "default",
         "cluster": "local",

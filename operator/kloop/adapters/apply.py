@@ -6,11 +6,12 @@ Writing status before side effects means a crash in between only repeats idempot
 
 from __future__ import annotations
 
+import json
 import logging
 
 from kloop.adapters import events, memory, oracles
 from kloop.adapters.kube import Json, Kube, is_status, owner_reference
-from kloop.adapters.observe import OracleCache, Snapshot
+from kloop.adapters.observe import Caches, Snapshot
 from kloop.adapters.pods import render_inputs, render_pod
 from kloop.api import GROUP, VERSION
 from kloop.core.model import (
@@ -66,20 +67,26 @@ async def write_status(kube: Kube, snap: Snapshot, decision: Decision) -> None:
     snap.run["metadata"]["resourceVersion"] = updated["metadata"]["resourceVersion"]
 
 
-async def _create_pod(kube: Kube, snap: Snapshot, action: CreatePod) -> None:
+def _api_message(err: BaseException) -> str:
+    """The apiserver's own words from an ApiException (its JSON body), else the error."""
+    body = getattr(err, "body", None)
+    try:
+        return str(json.loads(body)["message"]) if body else str(err)
+    except (ValueError, KeyError, TypeError):
+        return str(err)
+
+
+async def _create_pod(kube: Kube, snap: Snapshot, action: CreatePod, caches: Caches) -> None:
+    """Create the pod (and its inputs) unless it exists; remember it if the apiserver refuses.
+
+    A refusal (bad template, admission policy) is permanent: it is recorded so the core sees a
+    failed pod with the apiserver's message instead of the run retrying forever.
+    """
     loop = snap.observed.loop
     assert loop.spec is not None
     owner = owner_reference(snap.run)
     namespace = snap.run["metadata"]["namespace"]
-    try:
-        await kube.call(
-            kube.core.create_namespaced_config_map,
-            namespace,
-            render_inputs(action.pod, snap.run, owner),
-        )
-    except Exception as err:
-        if not is_status(err, 409):
-            raise
+    uid = snap.run["metadata"]["uid"]
     manifest = render_pod(
         action.pod,
         snap.run,
@@ -90,11 +97,33 @@ async def _create_pod(kube: Kube, snap: Snapshot, action: CreatePod) -> None:
         owner,
     )
     try:
-        await kube.call(kube.core.create_namespaced_pod, namespace, manifest)
+        try:
+            await kube.call(
+                kube.core.create_namespaced_config_map,
+                namespace,
+                render_inputs(action.pod, snap.run, owner),
+            )
+        except Exception as err:
+            if not is_status(err, 409):
+                raise
+        await kube.call(
+            kube.core.create_namespaced_pod, namespace, manifest, field_validation="Strict"
+        )
         log.info("pod created", extra={"pod": action.pod.name, "role": action.pod.role.value})
     except Exception as err:
+        if is_status(err, 400, 403, 422):
+            caches.rejected[(uid, action.pod.name)] = _api_message(err)[:1000]
+            log.warning("pod rejected", extra={"pod": action.pod.name, "why": _api_message(err)})
+            return
         if not is_status(err, 409):
             raise
+        existing = await kube.call(kube.core.read_namespaced_pod, action.pod.name, namespace)
+        owners = existing["metadata"].get("ownerReferences") or []
+        if not any(o.get("uid") == uid for o in owners):
+            caches.rejected[(uid, action.pod.name)] = (
+                f"a pod named {action.pod.name} already exists and belongs to something else"
+            )
+            return
         log.info("pod exists, adopted", extra={"pod": action.pod.name})
 
 
@@ -123,14 +152,14 @@ async def _append_memory(kube: Kube, snap: Snapshot, entries: list[Json]) -> Non
     )
 
 
-async def _evaluate_oracle(snap: Snapshot, action: EvaluateOracle, cache: OracleCache) -> None:
+async def _evaluate_oracle(snap: Snapshot, action: EvaluateOracle, caches: Caches) -> None:
     loop = snap.observed.loop.spec
     assert loop is not None
     checker = next(c for c in loop.checkers if c.name == action.checker)
     assert checker.http is not None
     key = (snap.run["metadata"]["uid"], action.iteration, action.checker)
-    if key not in cache:
-        cache[key] = await oracles.evaluate(checker.http)
+    if key not in caches.oracles:
+        caches.oracles[key] = await oracles.evaluate(checker.http)
 
 
 async def update_loop_status(kube: Kube, snap: Snapshot, decision: Decision) -> None:
@@ -159,7 +188,7 @@ async def update_loop_status(kube: Kube, snap: Snapshot, decision: Decision) -> 
     )
 
 
-async def apply(kube: Kube, snap: Snapshot, decision: Decision, cache: OracleCache) -> bool:
+async def apply(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) -> bool:
     """Apply a decision; False when status could not be written (re-observe and decide again)."""
     try:
         await write_status(kube, snap, decision)
@@ -170,11 +199,11 @@ async def apply(kube: Kube, snap: Snapshot, decision: Decision, cache: OracleCac
     await _append_memory(kube, snap, entries)
     for action in decision.actions:
         if isinstance(action, CreatePod):
-            await _create_pod(kube, snap, action)
+            await _create_pod(kube, snap, action, caches)
         elif isinstance(action, DeletePod):
             await _delete_pod(kube, namespace, action)
         elif isinstance(action, EvaluateOracle):
-            await _evaluate_oracle(snap, action, cache)
+            await _evaluate_oracle(snap, action, caches)
         elif isinstance(action, RecordEvent):
             await events.record(kube, snap.run, action.type, action.reason, action.message)
     await update_loop_status(kube, snap, decision)

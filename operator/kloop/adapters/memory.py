@@ -6,16 +6,14 @@ import json
 from typing import Any
 
 from kloop.adapters.kube import Json, Kube, is_status
-from kloop.core.memory import (
-    LOG_KEY,
-    MEMORY_KEY,
-    append_entry,
-    appended_through,
-    empty_log,
-    render_markdown,
-)
+from kloop.core.memory import LOG_KEY, MEMORY_KEY, append_entry, empty_log, render_markdown
 
 CONFLICT_RETRIES = 5
+LOOP_LABEL = "kloop.dev/loop"
+
+
+class NotOurs(RuntimeError):
+    """The ConfigMap exists but is not this Loop's memory: never overwrite it."""
 
 
 async def read_log(kube: Kube, namespace: str, name: str) -> tuple[dict[str, Any], Json | None]:
@@ -34,12 +32,6 @@ async def read_log(kube: Kube, namespace: str, name: str) -> tuple[dict[str, Any
     return log, cm
 
 
-async def appended_iterations(kube: Kube, namespace: str, name: str, run: str) -> frozenset[int]:
-    """Iterations of ``run`` already in memory."""
-    log, _ = await read_log(kube, namespace, name)
-    return frozenset(range(1, appended_through(log, run) + 1))
-
-
 async def append(
     kube: Kube,
     namespace: str,
@@ -53,6 +45,11 @@ async def append(
     """Append entries (idempotently) and compact; retries when someone else wrote in between."""
     for _ in range(CONFLICT_RETRIES):
         log, cm = await read_log(kube, namespace, name)
+        if (
+            cm is not None
+            and (cm["metadata"].get("labels") or {}).get(LOOP_LABEL) != loop["metadata"]["name"]
+        ):
+            raise NotOurs(f"ConfigMap {namespace}/{name} is not the memory of this Loop")
         for entry in entries:
             log = append_entry(log, entry, keep, max_bytes, loop["metadata"]["name"], goal)
         data = {
@@ -65,7 +62,7 @@ async def append(
             "metadata": {
                 "name": name,
                 "namespace": namespace,
-                "labels": {"kloop.dev/loop": loop["metadata"]["name"]},
+                "labels": {LOOP_LABEL: loop["metadata"]["name"]},
                 "ownerReferences": [
                     {
                         "apiVersion": loop["apiVersion"],

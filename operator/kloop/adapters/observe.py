@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
@@ -15,12 +15,28 @@ from kloop.api import GROUP, VERSION
 from kloop.api.loop import LoopSpec
 from kloop.api.looprun import LoopRunSpec, LoopRunStatus
 from kloop.core import names
-from kloop.core.model import ObservedLoop, ObservedRun, OracleOutcome
+from kloop.core.memory import appended_through
+from kloop.core.model import ObservedLoop, ObservedPod, ObservedRun, OracleOutcome
 
 CLUSTER_LABEL = "kloop.dev/cluster"
 OPERATOR_NAMESPACE = os.environ.get("KLOOP_OPERATOR_NAMESPACE", "kloop-system")
 
-OracleCache = dict[tuple[str, int, str], OracleOutcome]
+
+@dataclass
+class Caches:
+    """What the I/O layer learned that is not stored in the cluster, keyed by run uid.
+
+    Oracle answers and pods the apiserver refused are fed back to the core as observations;
+    after a restart they are simply asked again.
+    """
+
+    oracles: dict[tuple[str, int, str], OracleOutcome] = field(default_factory=dict)
+    rejected: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def forget(self, uid: str) -> None:
+        """Drop what belongs to a finished or deleted run."""
+        self.oracles = {k: v for k, v in self.oracles.items() if k[0] != uid}
+        self.rejected = {k: v for k, v in self.rejected.items() if k[0] != uid}
 
 
 @dataclass
@@ -83,7 +99,24 @@ async def _loop(kube: Kube, namespace: str, name: str) -> tuple[ObservedLoop, Js
     return ObservedLoop(name, spec, None, raw["metadata"]["uid"]), raw
 
 
-async def observe(kube: Kube, namespace: str, name: str, oracles: OracleCache) -> Snapshot | None:
+async def _memory(
+    kube: Kube, namespace: str, loop: ObservedLoop, uid: str
+) -> tuple[frozenset[int], str | None]:
+    """Iterations of this run already in memory, and why memory is unusable (if it is)."""
+    if loop.spec is None:
+        return frozenset(), None
+    name = loop.spec.memory_config_map(loop.name)
+    log, cm = await memory.read_log(kube, namespace, name)
+    if cm is not None and (cm["metadata"].get("labels") or {}).get(memory.LOOP_LABEL) != loop.name:
+        return frozenset(), (
+            f"ConfigMap {name!r} exists but is not the memory of Loop {loop.name!r} (no label "
+            f"{memory.LOOP_LABEL}={loop.name}); kloop will not overwrite it: set "
+            "spec.memory.configMapName to an unused name"
+        )
+    return frozenset(range(1, appended_through(log, uid) + 1)), None
+
+
+async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snapshot | None:
     """Read the run, its Loop, its pods and memory; None when the run is gone."""
     try:
         run = await kube.call(
@@ -105,11 +138,11 @@ async def observe(kube: Kube, namespace: str, name: str, oracles: OracleCache) -
         for p in pods["items"]
         if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])
     ]
-    remembered: frozenset[int] = frozenset()
-    if loop.spec is not None:
-        remembered = await memory.appended_iterations(
-            kube, namespace, loop.spec.memory_config_map(loop.name), name
-        )
+    remembered, memory_conflict = await _memory(kube, namespace, loop, uid)
+    observed_pods = {p["metadata"]["name"]: observe_pod(p) for p in owned}
+    for (run_uid, pod), message in caches.rejected.items():
+        if run_uid == uid and pod not in observed_pods:
+            observed_pods[pod] = ObservedPod(pod, "Failed", reason="Rejected", message=message)
     annotations = run["metadata"].get("annotations") or {}
     aborted_by = (
         _who_set(run, names.ANNOTATION_ABORT) if names.ANNOTATION_ABORT in annotations else None
@@ -122,11 +155,13 @@ async def observe(kube: Kube, namespace: str, name: str, oracles: OracleCache) -
         status=status,
         loop=loop,
         now=datetime.now(UTC),
-        pods={p["metadata"]["name"]: observe_pod(p) for p in owned},
-        oracles={(i, c): o for (u, i, c), o in oracles.items() if u == uid},
+        pods=observed_pods,
+        oracles={(i, c): o for (u, i, c), o in caches.oracles.items() if u == uid},
         memory_iterations=remembered,
         approvals=_approvals(run),
         aborted_by=aborted_by,
         clusters=await _clusters(kube) if loop.spec is not None and loop.spec.stages else {},
+        uid=uid,
+        memory_conflict=memory_conflict,
     )
     return Snapshot(observed, run, raw_loop)

@@ -37,6 +37,9 @@ class Reason(StrEnum):
     TEARING_DOWN = "TearingDown"
     LOOP_NOT_FOUND = "LoopNotFound"
     INVALID_LOOP = "InvalidLoop"
+    LOOP_CHANGED = "LoopChanged"
+    NOT_IMPLEMENTED = "NotImplemented"
+    MEMORY_CONFLICT = "MemoryConflict"
     TEARDOWN_FAILED = "TeardownFailed"
     # halt reasons (DESIGN.md §3)
     MAX_ITERATIONS = "MaxIterations"
@@ -51,6 +54,7 @@ class Reason(StrEnum):
     # agent errors
     MAKER_ERROR = "MakerError"
     POD_FAILED = "PodFailed"
+    POD_REJECTED = "PodRejected"
     OOM_KILLED = "OOMKilled"
     TIMED_OUT = "TimedOut"
 

@@ -37,6 +37,10 @@ class PodError:
 def pod_error(pod: ObservedPod, timeout_seconds: int, now: datetime, who: str) -> PodError | None:
     """The error a pod ended in (or is stuck in), if any; None while it may still succeed."""
     if pod.phase == "Failed":
+        if pod.reason == "Rejected":
+            return PodError(
+                Reason.POD_REJECTED, f"{who} pod was rejected by the apiserver: {pod.message}"
+            )
         if pod.reason == "OOMKilled":
             return PodError(
                 Reason.OOM_KILLED, f"{who} was OOMKilled: raise its memory limit or use less"

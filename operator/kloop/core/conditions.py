@@ -22,7 +22,9 @@ BUDGET_REASONS = {
 T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
 
 
-def _desired(s: LoopRunStatus) -> dict[ConditionType, tuple[ConditionStatus, str, str]]:
+def _desired(
+    s: LoopRunStatus, stall_reason: Reason | None
+) -> dict[ConditionType, tuple[ConditionStatus, str, str]]:
     message = s.message or ""
     tearing_down = s.teardown is not None and s.teardown.state == "Running"
     wanted: dict[ConditionType, tuple[ConditionStatus, str, str]] = {}
@@ -39,10 +41,9 @@ def _desired(s: LoopRunStatus) -> dict[ConditionType, tuple[ConditionStatus, str
         wanted[ConditionType.READY] = (F, Reason.ITERATING, message)
         wanted[ConditionType.RECONCILING] = (T, Reason.ITERATING, message)
     else:
-        reason = Reason.LOOP_NOT_FOUND if "not found" in message else Reason.PENDING
-        wanted[ConditionType.READY] = (F, reason, message)
-        if reason is Reason.LOOP_NOT_FOUND:
-            wanted[ConditionType.STALLED] = (T, reason, message)
+        wanted[ConditionType.READY] = (F, stall_reason or Reason.PENDING, message)
+        if stall_reason is not None:
+            wanted[ConditionType.STALLED] = (T, stall_reason, message)
     if tearing_down:
         wanted[ConditionType.RECONCILING] = (T, Reason.TEARING_DOWN, "teardown pod running")
     if s.halt_reason in BUDGET_REASONS:
@@ -50,12 +51,14 @@ def _desired(s: LoopRunStatus) -> dict[ConditionType, tuple[ConditionStatus, str
     return wanted
 
 
-def summarize(s: LoopRunStatus, generation: int, now: datetime) -> None:
-    """Replace ``s.conditions`` with the conditions its phase implies."""
+def summarize(
+    s: LoopRunStatus, generation: int, now: datetime, stall_reason: Reason | None = None
+) -> None:
+    """Replace ``s.conditions`` with the conditions its phase (and a stall reason) imply."""
     previous = {c.type: c for c in s.conditions}
     stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     conditions = []
-    for ctype, (status, reason, message) in _desired(s).items():
+    for ctype, (status, reason, message) in _desired(s, stall_reason).items():
         old = previous.get(ctype.value)
         since = old.last_transition_time if old is not None and old.status == status else stamp
         conditions.append(

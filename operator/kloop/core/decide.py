@@ -63,6 +63,7 @@ class _Pass:
     actions: list[Action] = field(default_factory=list)
     wake_in: list[float] = field(default_factory=list)
     why: str = ""
+    stall_reason: Reason | None = None
 
     def event(self, reason: Reason, message: str, warning: bool = False) -> None:
         self.actions.append(RecordEvent("Warning" if warning else "Normal", reason.value, message))
@@ -83,7 +84,7 @@ def decide(obs: ObservedRun) -> Decision:
         _run_steps(p, spec)
     _memory_step(p)
     p.status.observed_generation = obs.generation
-    summarize(p.status, obs.generation, obs.now)
+    summarize(p.status, obs.generation, obs.now, p.stall_reason)
     started = _parse_time(p.status.started_at)
     if started is not None and p.status != obs.status:
         # only when something else changed: an idle reconcile must not write status
@@ -102,16 +103,30 @@ def decide(obs: ObservedRun) -> Decision:
 
 
 def _loop_unavailable_step(p: _Pass) -> None:
+    """No usable Loop: wait for it before the run starts; halt a run that had started."""
+    reason = Reason.LOOP_NOT_FOUND if p.obs.loop.uid is None else Reason.INVALID_LOOP
     problem = p.obs.loop.problem or f"Loop {p.obs.loop.name!r} not found"
+    if p.status.phase in (Phase.RUNNING, Phase.AWAITING_APPROVAL):
+        message = f"{problem}: the Loop went away or changed under a started run"
+        if p.status.iterations and p.status.iterations[-1].decision is None:
+            _end_iteration(p, p.status.iterations[-1], "halt", message)
+        _finish(p, None, Phase.HALTED, reason, message)
+        return
     if p.status.message != problem:
-        p.event(Reason.LOOP_NOT_FOUND, problem, warning=True)
+        p.event(reason, problem, warning=True)
     p.status.phase = p.status.phase or Phase.PENDING
     p.status.message = problem
+    p.stall_reason = reason
     p.why = problem
     p.wake_in.append(LOOP_MISSING_RETRY_SECONDS)
 
 
 def _run_steps(p: _Pass, spec: LoopSpec) -> None:
+    if p.obs.memory_conflict is not None:
+        if p.status.iterations and p.status.iterations[-1].decision is None:
+            _end_iteration(p, p.status.iterations[-1], "fail", p.obs.memory_conflict)
+        _finish(p, spec, Phase.FAILED, Reason.MEMORY_CONFLICT, p.obs.memory_conflict)
+        return
     limits = compute_limits(spec, p.obs.spec.budget)
     plan = build_plan(spec, limits, {LOCAL_CLUSTER: {}, **p.obs.clusters})
     if p.status.phase in (None, Phase.PENDING):
@@ -122,6 +137,8 @@ def _run_steps(p: _Pass, spec: LoopSpec) -> None:
         _finish(p, spec, Phase.HALTED, Reason.ABORTED, f"aborted by {p.obs.aborted_by}")
         return
     if _deadline_passed(p, spec, limits):
+        return
+    if _plan_changed(p, plan):
         return
     if p.status.phase is Phase.AWAITING_APPROVAL:
         _approval_step(p, plan)
@@ -137,11 +154,49 @@ def _run_steps(p: _Pass, spec: LoopSpec) -> None:
         reason = Reason(record.maker.error_reason or Reason.MAKER_ERROR.value)
         _finish(p, spec, Phase.FAILED, reason, record.maker.summary)
         return
-    if _budget_exhausted(p, spec, limits, record):
+    if _budget_exhausted(p, spec, limits, record, at_cap=False):
         return
     if not _checkers_step(p, spec, stage, record):
         return
     _verdict_step(p, spec, limits, plan, stage, record)
+
+
+def _not_yet_supported(spec: LoopSpec | None, plan: list[StagePlan]) -> list[str]:
+    """Fields the API accepts that this version does not act on: said aloud, not ignored."""
+    if spec is None:
+        return []
+    inert = [
+        name
+        for name, value in (
+            ("workspace", spec.workspace),
+            ("connectors", spec.connectors),
+            ("notify", spec.notify),
+            ("schedule", spec.schedule),
+        )
+        if value
+    ]
+    if any(st.drift for st in spec.stages or []):
+        inert.append("stages[].drift")
+    remote = sorted({c for st in plan for c in st.clusters if c != LOCAL_CLUSTER})
+    if remote:
+        inert.append(f"target-cluster credentials (pods for {', '.join(remote)} run here)")
+    return inert
+
+
+def _plan_changed(p: _Pass, plan: list[StagePlan]) -> bool:
+    """Stages or clusters edited mid-run: halt rather than guess where the run now stands."""
+    planned = [(st.name, list(st.clusters)) for st in plan]
+    recorded = [(st.name, [c.name for c in st.clusters]) for st in p.status.stages]
+    if planned == recorded:
+        return False
+    message = (
+        "the Loop's stages or clusters changed during the run "
+        f"(run started with {recorded}, Loop now has {planned}); start a new run"
+    )
+    if p.status.iterations and p.status.iterations[-1].decision is None:
+        _end_iteration(p, p.status.iterations[-1], "halt", message)
+    _finish(p, p.obs.loop.spec, Phase.HALTED, Reason.LOOP_CHANGED, message)
+    return True
 
 
 def _start(p: _Pass, plan: list[StagePlan]) -> None:
@@ -165,6 +220,13 @@ def _start(p: _Pass, plan: list[StagePlan]) -> None:
         p.event(Reason.INVALID_LOOP, message, warning=True)
         return
     p.event(Reason.ITERATING, f"run started: {len(plan)} stage(s)")
+    inert = _not_yet_supported(p.obs.loop.spec, plan)
+    if inert:
+        p.event(
+            Reason.NOT_IMPLEMENTED,
+            f"accepted but not acted on yet: {', '.join(inert)}",
+            warning=True,
+        )
     _enter_stage(p, plan[0])
 
 
@@ -269,17 +331,24 @@ def _maker_step(p: _Pass, spec: LoopSpec, stage: StagePlan, record: IterationRec
     return True
 
 
-def _budget_exhausted(p: _Pass, spec: LoopSpec, limits: Limits, record: IterationRecord) -> bool:
+def _budget_exhausted(
+    p: _Pass, spec: LoopSpec, limits: Limits, record: IterationRecord, *, at_cap: bool
+) -> bool:
+    """Halt on a spent budget: over it (before grading), or at it (before another iteration)."""
     usage = p.status.usage
-    if limits.max_tokens is not None and usage.tokens >= limits.max_tokens:
+
+    def spent(used: float, cap: float | None) -> bool:
+        return cap is not None and (used >= cap if at_cap else used > cap)
+
+    if spent(usage.tokens, limits.max_tokens):
         reason, message = (
             Reason.TOKEN_BUDGET,
-            (f"agents used {usage.tokens} tokens, at or over maxTokens={limits.max_tokens}"),
+            f"agents used {usage.tokens} tokens; maxTokens={limits.max_tokens}",
         )
-    elif limits.max_cost_usd is not None and usage.cost_usd >= limits.max_cost_usd:
+    elif spent(usage.cost_usd, limits.max_cost_usd):
         reason, message = (
             Reason.COST_BUDGET,
-            (f"agents cost ${usage.cost_usd:.2f}, at or over maxCostUSD={limits.max_cost_usd}"),
+            f"agents cost ${usage.cost_usd:.2f}; maxCostUSD={limits.max_cost_usd}",
         )
     else:
         return False
@@ -384,7 +453,7 @@ def _verdict_step(
         return
     reasons = "; ".join(f"{c.name}: {', '.join(c.reasons) or c.verdict}" for c in failing)
     p.event(Reason.CHECKS_FAILED, f"iteration {record.number}: {reasons}"[:1000])
-    if _budget_exhausted(p, spec, limits, record):
+    if _budget_exhausted(p, spec, limits, record, at_cap=True):
         return
     if progress.iterations >= stage.max_iterations:
         message = (
@@ -423,7 +492,7 @@ def _end_iteration(p: _Pass, record: IterationRecord, decision: str, why: str) -
     record.finished_at = _iso(p.obs.now)
 
 
-def _finish(p: _Pass, spec: LoopSpec, phase: Phase, reason: Reason, message: str) -> None:
+def _finish(p: _Pass, spec: LoopSpec | None, phase: Phase, reason: Reason, message: str) -> None:
     s = p.status
     s.phase = phase
     s.halt_reason = None if phase is Phase.SUCCEEDED else reason.value
@@ -439,8 +508,9 @@ def _finish(p: _Pass, spec: LoopSpec, phase: Phase, reason: Reason, message: str
         live = pod.phase in ("Pending", "Running") and not pod.deleting
         if live and name != names.teardown_pod_name(p.obs.name):
             p.actions.append(DeletePod(name, f"run {phase.value.lower()}"))
-    if spec.teardown is None:
-        s.teardown = TeardownProgress(state="Skipped", message="no teardown configured")
+    if spec is None or spec.teardown is None:
+        why = "no teardown configured" if spec is not None else "the Loop is gone"
+        s.teardown = TeardownProgress(state="Skipped", message=why)
         s.finished_at = _iso(p.obs.now)
         return
     s.teardown = TeardownProgress(state="Running", pod=names.teardown_pod_name(p.obs.name))
@@ -489,9 +559,11 @@ def _teardown_step(p: _Pass, spec: LoopSpec | None) -> None:
 
 
 def _memory_step(p: _Pass) -> None:
+    if p.obs.memory_conflict is not None:
+        return  # never write into a ConfigMap that is not this Loop's memory
     for record in p.status.iterations:
         if record.decision is not None and record.number not in p.obs.memory_iterations:
-            p.actions.insert(0, AppendMemory(memory_entry(p.obs.name, record)))
+            p.actions.insert(0, AppendMemory(memory_entry(p.obs.name, p.obs.uid, record)))
 
 
 # --- helpers ---------------------------------------------------------------------------------

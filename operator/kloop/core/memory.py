@@ -18,11 +18,12 @@ LOG_KEY = "log.json"
 SUMMARY_REASONS_KEPT = 10
 
 
-def memory_entry(run: str, record: IterationRecord) -> dict[str, Any]:
-    """One finished iteration as the memory log stores it."""
+def memory_entry(run: str, run_uid: str, record: IterationRecord) -> dict[str, Any]:
+    """One finished iteration as the memory log stores it (keyed by the run's uid)."""
     maker = record.maker
     return {
         "run": run,
+        "runUid": run_uid,
         "iteration": record.number,
         "stage": record.stage,
         "cluster": record.cluster,
@@ -52,15 +53,18 @@ def empty_log() -> dict[str, Any]:
 RUNS_TRACKED = 50
 
 
-def appended_through(log: dict[str, Any], run: str) -> int:
-    """The last iteration of ``run`` in the log (appended in order, even if since compacted)."""
-    last: int = log.get("appended", {}).get(run, 0)
+def appended_through(log: dict[str, Any], run_uid: str) -> int:
+    """The last iteration of a run in the log (appended in order, even if since compacted).
+
+    Keyed by uid: a new run that reuses a deleted run's name starts from nothing.
+    """
+    last: int = log.get("appended", {}).get(run_uid, 0)
     return last
 
 
-def has_entry(log: dict[str, Any], run: str, iteration: int) -> bool:
+def has_entry(log: dict[str, Any], run_uid: str, iteration: int) -> bool:
     """Whether the log already holds this iteration (appends are idempotent)."""
-    return iteration <= appended_through(log, run)
+    return iteration <= appended_through(log, run_uid)
 
 
 def _fold(summary: dict[str, Any], entry: dict[str, Any]) -> None:
@@ -80,12 +84,12 @@ def append_entry(
 ) -> dict[str, Any]:
     """A new log with ``entry`` appended and old entries compacted to fit ``keep``/``max_bytes``."""
     result: dict[str, Any] = json.loads(json.dumps(log))
-    if has_entry(result, entry["run"], entry["iteration"]):
+    if has_entry(result, entry["runUid"], entry["iteration"]):
         return result
     result["entries"].append(entry)
     appended = result.setdefault("appended", {})
-    appended.pop(entry["run"], None)
-    appended[entry["run"]] = entry["iteration"]
+    appended.pop(entry["runUid"], None)
+    appended[entry["runUid"]] = entry["iteration"]
     while len(appended) > RUNS_TRACKED:
         appended.pop(next(iter(appended)))
     while len(result["entries"]) > keep:

@@ -71,6 +71,8 @@ class ObservedRun:
     clusters: dict[str, dict[str, str]] = field(default_factory=dict)
     approvals: dict[str, str] = field(default_factory=dict)
     aborted_by: str | None = None
+    uid: str = ""
+    memory_conflict: str | None = None
 
 
 @dataclass(frozen=True)
