@@ -188,3 +188,40 @@ def test_deleting_a_looprun_stops_it_and_garbage_collects_its_pods(
         ),
         timeout=90,
     )
+
+
+def test_memory_never_overwrites_a_configmap_that_is_not_the_loops(
+    api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    core = client.CoreV1Api(api_client)
+    core.create_namespaced_config_map(
+        namespace,
+        client.V1ConfigMap(metadata=client.V1ObjectMeta(name="precious"), data={"k": "v"}),
+    )
+    loop = greeting_loop()
+    loop["spec"]["memory"] = {"configMapName": "precious"}
+    create_loop(api_client, namespace, loop)
+    start_run(api_client, namespace, "greeting", "careful")
+    status = wait_finished(api_client, namespace, "careful")["status"]
+    assert (status["phase"], status["haltReason"]) == ("Failed", "MemoryConflict")
+    assert "will not overwrite" in status["message"]
+    precious = core.read_namespaced_config_map("precious", namespace)
+    assert precious.data == {"k": "v"}
+    assert not precious.metadata.owner_references
+    assert not _roles(run_pods(api_client, namespace, "careful"), "maker")
+
+
+def test_a_pod_the_apiserver_rejects_fails_the_run_with_its_reason(
+    api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    loop = greeting_loop()
+    agent = loop["spec"]["maker"]["template"]["spec"]["containers"][0]
+    agent["resources"] = {"limits": {"cpu": "banana"}}
+    create_loop(api_client, namespace, loop)
+    start_run(api_client, namespace, "greeting", "rejected")
+    status = wait_finished(api_client, namespace, "rejected", timeout=60)["status"]
+    assert (status["phase"], status["haltReason"]) == ("Failed", "PodRejected"), status
+    assert "rejected by the apiserver" in status["message"]
+    assert "quantities must match" in status["message"]
+    reasons = {e.reason for e in events_for(api_client, namespace, "rejected")}
+    assert "PodRejected" in reasons
