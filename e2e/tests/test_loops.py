@@ -76,8 +76,17 @@ def test_max_iterations_halts_and_teardown_runs_once(
     assert conditions["BudgetExhausted"] == ("True", "MaxIterations")
     assert conditions["Stalled"] == ("True", "MaxIterations")
     assert status["teardown"]["state"] == "Succeeded"
-    time.sleep(3)  # a second teardown would show up here if the engine repeated itself
     assert len(_roles(run_pods(api_client, namespace, "capped"), "teardown")) == 1
+    # a restarted operator re-reads every run: it must not run the teardown again
+    operator.stop()
+    operator.start()
+    wait_for(
+        "the restarted operator to log in",
+        lambda: "Initial authentication" in operator.log_tail(200).split("Signal SIGTERM")[-1],
+        timeout=30,
+    )
+    assert len(_roles(run_pods(api_client, namespace, "capped"), "teardown")) == 1
+    assert operator.log_tail(400).count('"pod": "capped-teardown", "role": "teardown"') == 1
 
 
 def test_token_budget_halts_the_run(

@@ -1,4 +1,9 @@
-"""HTTP oracles: query, extract the value, apply the pass condition (httpx, bounded retries)."""
+"""HTTP oracles: query, extract the value, apply the pass condition (httpx, bounded retries).
+
+An oracle that cannot answer (unreachable, not JSON, value missing) gives an *inconclusive*
+verdict with the reason: the iteration does not pass, the next one retries, and the iteration
+cap bounds it — one monitoring outage does not fail a whole run.
+"""
 
 from __future__ import annotations
 
@@ -26,8 +31,10 @@ async def evaluate(oracle: HttpOracle) -> OracleOutcome:
             reason = f"{oracle.json_path} = {value!r}; passIf {oracle.pass_if!r}: {ok}"
             return OracleOutcome("pass" if ok else "fail", [reason], str(value))
         except OracleError as err:
-            return OracleOutcome("error", [f"oracle {oracle.url}: {err}"])
+            return OracleOutcome("inconclusive", [f"oracle {oracle.url}: {err}"])
         except (httpx.HTTPError, ValueError) as err:
             last_error = f"{type(err).__name__}: {err}"
             await asyncio.sleep(0.5 * (attempt + 1))
-    return OracleOutcome("error", [f"oracle {oracle.url} failed {ATTEMPTS} times: {last_error}"])
+    return OracleOutcome(
+        "inconclusive", [f"oracle {oracle.url} failed {ATTEMPTS} times: {last_error}"]
+    )

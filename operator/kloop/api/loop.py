@@ -99,7 +99,8 @@ class Budget(KubeModel):
     """Caps that halt a run: every loop is bounded."""
 
     max_iterations: int = Field(default=5, ge=1, le=1000)
-    """Iterations per run (and per stage unless the stage sets its own)."""
+    """Iterations per cluster of each stage (for a Loop without stages: per run), unless the
+    stage sets its own maxIterations."""
     max_tokens: int | None = Field(default=None, ge=1)
     """Total tokens the agents may report before the run halts with TokenBudget."""
     max_cost_usd: float | None = Field(default=None, gt=0, alias="maxCostUSD")
@@ -183,7 +184,7 @@ class Stage(KubeModel):
     max_iterations: int | None = Field(default=None, ge=1, le=1000)
     """Iteration cap of this stage; defaults to budget.maxIterations."""
     drift: Drift | None = None
-    """Drift bounds checked for this stage's clusters."""
+    """Drift bounds for this stage's clusters (validated; drift is not measured yet)."""
 
 
 class SkillRef(KubeModel):
@@ -364,7 +365,7 @@ class LoopSpec(KubeModel):
     teardown: Teardown | None = None
     """A pod that runs once when a run ends."""
     schedule: str | None = Field(default=None, max_length=128)
-    """Cron schedule that starts runs."""
+    """Cron schedule for starting runs (validated; runs are not scheduled yet: create LoopRuns)."""
     time_zone: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_+\-/]+$")
     """IANA time zone of the schedule (default UTC)."""
     suspend: bool = False
@@ -376,11 +377,11 @@ class LoopSpec(KubeModel):
     failed_runs_history_limit: int = Field(default=3, ge=0, le=100)
     """Finished failed or halted runs to keep."""
     notify: list[NotifyTarget] | None = Field(default=None, max_length=8)
-    """Webhooks called at lifecycle points."""
+    """Webhooks called at lifecycle points (validated; not sent yet)."""
     workspace: Workspace | None = None
-    """Files the agents work on."""
+    """Files the agents work on (validated; the git checkout is not built yet)."""
     connectors: list[Connector] | None = Field(default=None, max_length=16)
-    """MCP servers the agents may use."""
+    """MCP servers the agents may use (validated; not wired into pods yet)."""
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> LoopSpec:
