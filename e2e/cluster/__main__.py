@@ -1,11 +1,11 @@
-"""CLI: ``python -m e2e.cluster up|down|status|kubeconfig|add-cluster NAME|build``."""
+"""CLI: ``python -m e2e.cluster up|down|status|kubeconfig|add-cluster NAME|build|images``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from e2e.cluster import build, local
+from e2e.cluster import build, images, local
 from e2e.cluster.paths import ADMIN_KUBECONFIG
 
 
@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="show which components run")
     sub.add_parser("kubeconfig", help="print the admin kubeconfig path")
     sub.add_parser("build", help="only build (or find cached) binaries")
+    sub.add_parser("images", help="build the test images as tarballs (e.g. for `kind load`)")
     extra = sub.add_parser("add-cluster", help="start another apiserver on its own etcd prefix")
     extra.add_argument("name")
     args = parser.parse_args(argv)
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "build":
             build.build_etcd()
             build.build_kubernetes()
+        elif args.command == "images":
+            print(images.build_pause_image(build.kubernetes_module_dir()))
+            print(images.build_busybox_image())
         elif args.command == "add-cluster":
             print(local.add_cluster(args.name))
     except local.ClusterError as err:
