@@ -48,6 +48,8 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
     settings.posting.level = logging.WARNING
+    # watch only kloop's pods, filtered by the apiserver (not every pod of the cluster)
+    settings.watching.label_selectors["v1", "pods"] = names.LABEL_RUN
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     memo.kube = Kube()
