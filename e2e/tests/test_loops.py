@@ -77,12 +77,12 @@ def test_max_iterations_halts_and_teardown_runs_once(
     assert conditions["Stalled"] == ("True", "MaxIterations")
     assert status["teardown"]["state"] == "Succeeded"
     assert len(_roles(run_pods(api_client, namespace, "capped"), "teardown")) == 1
-    # a restarted operator re-reads every run: it must not run the teardown again
+    # a restarted operator reconciles every run again, finished ones too: no second teardown
     operator.stop()
     operator.start()
     wait_for(
-        "the restarted operator to log in",
-        lambda: "Initial authentication" in operator.log_tail(200).split("Signal SIGTERM")[-1],
+        "the restarted operator to reconcile the finished run",
+        lambda: '"run": "capped"' in operator.log_tail(400).split("Signal SIGTERM")[-1],
         timeout=30,
     )
     assert len(_roles(run_pods(api_client, namespace, "capped"), "teardown")) == 1

@@ -109,27 +109,24 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str) -> None:
             await asyncio.wait_for(driver.wake.wait(), timeout=decision.requeue_after)
 
 
-def _finished(status: Any) -> bool:
-    phase = status.get("phase")
-    teardown = (status.get("teardown") or {}).get("state")
-    return phase in ("Succeeded", "Failed", "Halted") and teardown != "Running"
-
-
 @kopf.on.event(GROUP, VERSION, "loopruns")
 async def run_event(
-    *, type: str | None, name: str, namespace: str | None, status: Any, memo: Any, **_: Any
+    *, type: str | None, name: str, namespace: str | None, uid: str, memo: Any, **_: Any
 ) -> None:
-    """Start a task for each unfinished run (new, or found at startup); wake it on changes."""
+    """Start a task for a run (new, or found at startup); wake it on changes.
+
+    Finished runs get one pass too: it completes whatever a crash interrupted (memory, the
+    Loop's columns) and ends at once.
+    """
     key = (namespace or "", name)
     driver = _drivers.get(key)
     if type == "DELETED":
         if driver is not None:
             driver.task.cancel()
+        memo.caches.forget(uid)
         return
     if driver is not None and not driver.task.done():
         driver.wake.set()
-        return
-    if _finished(status):
         return
     task = asyncio.create_task(drive(memo.kube, memo.caches, key[0], name), name=f"run {key}")
     _drivers[key] = _Driver(task)

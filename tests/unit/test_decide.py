@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from kloop.api.looprun import LoopRunStatus, Phase
+from kloop.api.looprun import LoopRunStatus, MakerRecord, Phase
 from kloop.core.decide import decide
 from kloop.core.model import (
     AppendMemory,
@@ -411,3 +411,80 @@ def test_accepted_but_inert_fields_are_announced_with_a_warning() -> None:
     d = decide(observe(spec=loop_spec(schedule="@daily")))
     warnings = [a for a in d.actions if isinstance(a, RecordEvent) and a.reason == "NotImplemented"]
     assert warnings and "schedule" in warnings[0].message
+
+
+def test_a_finished_run_creates_nothing_when_decided_again() -> None:
+    sim = Simulation(with_teardown(budget={"maxIterations": 1}))
+    sim.step()
+    sim.finish(maker_pod(1), maker_ok())
+    sim.finish(checker_pod(1), verdict("fail", "x"))
+    final = sim.finish("r-teardown", "")
+    assert final.done
+    del sim.pods["r-teardown"]  # even with the pod gone (deleted by hand), no second teardown
+    again = sim.step()
+    assert created(again) == [] and again.done
+
+
+def test_pending_memory_entries_are_appended_in_order() -> None:
+    sim = Simulation(loop_spec())
+    sim.step()
+    sim.finish(maker_pod(1), maker_ok())
+    sim.finish(checker_pod(1), verdict("fail", "x"))
+    sim.finish(maker_pod(2), maker_ok())
+    sim.finish(checker_pod(2), verdict("fail", "y"))
+    d = decide(observe(sim.status, pods=dict(sim.pods), memory=frozenset()))
+    entries = [a.entry["iteration"] for a in d.actions if isinstance(a, AppendMemory)]
+    assert entries == [1, 2]
+    assert isinstance(d.actions[0], AppendMemory) and isinstance(d.actions[1], AppendMemory)
+
+
+def test_a_checker_removed_mid_run_no_longer_decides() -> None:
+    two = loop_spec(
+        checkers=[
+            {
+                "name": "tests",
+                "template": {
+                    "spec": {"containers": [{"name": "c", "image": "check:1", "command": ["c"]}]}
+                },
+            },
+            {
+                "name": "lint",
+                "template": {
+                    "spec": {"containers": [{"name": "c", "image": "lint:1", "command": ["l"]}]}
+                },
+            },
+        ]
+    )
+    sim = Simulation(two)
+    sim.step()
+    sim.finish(maker_pod(1), maker_ok())
+    sim.finish(checker_pod(1, "lint"), verdict("fail", "style"))
+    sim.spec = loop_spec()  # only "tests" is left
+    d = sim.finish(checker_pod(1), verdict("pass"))
+    assert d.status.phase is Phase.SUCCEEDED
+    assert [c.name for c in d.status.iterations[0].checkers] == ["tests"]
+
+
+def test_clusters_of_a_started_stage_are_fixed_at_start() -> None:
+    spec = loop_spec(stages=[{"name": "prod", "clusterSelector": {"matchLabels": {"t": "p"}}}])
+    sim = Simulation(spec, clusters={"p1": {"t": "p"}})
+    sim.step()
+    sim.kwargs["clusters"] = {"p1": {"t": "p"}, "p2": {"t": "p"}}  # a new cluster Secret
+    sim.finish("r-s0-p1-i1-maker", maker_ok())
+    d = sim.finish("r-s0-p1-i1-check-tests", verdict("pass"))
+    assert d.status.phase is Phase.SUCCEEDED
+    assert [c.name for c in d.status.stages[0].clusters] == ["p1"]
+
+
+def test_unknown_recorded_reasons_do_not_crash_the_decision() -> None:
+    start = decide(observe())
+    record = start.status.iterations[0]
+    record.maker = MakerRecord(outcome="error", summary="odd", error_reason="FromTheFuture")
+    d = decide(observe(start.status))
+    assert (d.status.phase, d.status.halt_reason) == (Phase.FAILED, "MakerError")
+
+
+def test_running_status_without_iterations_starts_cleanly() -> None:
+    d = decide(observe(LoopRunStatus(phase=Phase.RUNNING)))
+    assert d.status.iteration == 1
+    assert created(d) == [maker_pod(1)]

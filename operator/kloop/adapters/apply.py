@@ -111,20 +111,37 @@ async def _create_pod(kube: Kube, snap: Snapshot, action: CreatePod, caches: Cac
         )
         log.info("pod created", extra={"pod": action.pod.name, "role": action.pod.role.value})
     except Exception as err:
-        if is_status(err, 400, 403, 422):
-            caches.rejected[(uid, action.pod.name)] = _api_message(err)[:1000]
-            log.warning("pod rejected", extra={"pod": action.pod.name, "why": _api_message(err)})
+        message = _api_message(err)
+        # 400/422: the template is invalid; 403 from admission (PodSecurity) will not change,
+        # but a quota 403 may, so that one is retried like any transient error
+        permanent = is_status(err, 400, 422) or (
+            is_status(err, 403) and "exceeded quota" not in message
+        )
+        if permanent:
+            caches.rejected[(uid, action.pod.name)] = message[:1000]
+            log.warning("pod rejected", extra={"pod": action.pod.name, "why": message})
             return
         if not is_status(err, 409):
             raise
-        existing = await kube.call(kube.core.read_namespaced_pod, action.pod.name, namespace)
-        owners = existing["metadata"].get("ownerReferences") or []
-        if not any(o.get("uid") == uid for o in owners):
-            caches.rejected[(uid, action.pod.name)] = (
-                f"a pod named {action.pod.name} already exists and belongs to something else"
-            )
-            return
+        await _adopt_or_reject(kube, snap, action, caches)
+
+
+async def _adopt_or_reject(kube: Kube, snap: Snapshot, action: CreatePod, caches: Caches) -> None:
+    """A pod with our deterministic name exists: ours (adopt), on its way out, or someone else's."""
+    meta = snap.run["metadata"]
+    existing = await kube.call(kube.core.read_namespaced_pod, action.pod.name, meta["namespace"])
+    owners = existing["metadata"].get("ownerReferences") or []
+    if any(o.get("uid") == meta["uid"] for o in owners):
         log.info("pod exists, adopted", extra={"pod": action.pod.name})
+        return
+    predecessor = any(o.get("kind") == "LoopRun" and o.get("name") == meta["name"] for o in owners)
+    if existing["metadata"].get("deletionTimestamp") or predecessor:
+        # a deleted run of the same name: its pods are being garbage-collected; try again later
+        log.info("pod of a previous run still exists, waiting", extra={"pod": action.pod.name})
+        return
+    caches.rejected[(meta["uid"], action.pod.name)] = (
+        f"a pod named {action.pod.name} already exists and belongs to something else"
+    )
 
 
 async def _delete_pod(kube: Kube, namespace: str, action: DeletePod) -> None:
@@ -195,6 +212,9 @@ async def apply(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) 
     except Conflict:
         return False
     namespace = snap.run["metadata"]["namespace"]
+    for action in decision.actions:  # events first: they must match the status just written
+        if isinstance(action, RecordEvent):
+            await events.record(kube, snap.run, action.type, action.reason, action.message)
     entries = [a.entry for a in decision.actions if isinstance(a, AppendMemory)]
     await _append_memory(kube, snap, entries)
     for action in decision.actions:
@@ -204,7 +224,5 @@ async def apply(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) 
             await _delete_pod(kube, namespace, action)
         elif isinstance(action, EvaluateOracle):
             await _evaluate_oracle(snap, action, caches)
-        elif isinstance(action, RecordEvent):
-            await events.record(kube, snap.run, action.type, action.reason, action.message)
     await update_loop_status(kube, snap, decision)
     return True

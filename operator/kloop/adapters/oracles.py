@@ -32,7 +32,7 @@ async def evaluate(oracle: HttpOracle) -> OracleOutcome:
             return OracleOutcome("pass" if ok else "fail", [reason], str(value))
         except OracleError as err:
             return OracleOutcome("inconclusive", [f"oracle {oracle.url}: {err}"])
-        except (httpx.HTTPError, ValueError) as err:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as err:
             last_error = f"{type(err).__name__}: {err}"
             await asyncio.sleep(0.5 * (attempt + 1))
     return OracleOutcome(

@@ -8,7 +8,7 @@ clock, no client, no I/O; ``obs.now`` is the time.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from kloop.api.conditions import Reason
@@ -129,7 +129,7 @@ def _run_steps(p: _Pass, spec: LoopSpec) -> None:
         return
     limits = compute_limits(spec, p.obs.spec.budget)
     plan = build_plan(spec, limits, {LOCAL_CLUSTER: {}, **p.obs.clusters})
-    if p.status.phase in (None, Phase.PENDING):
+    if p.status.phase in (None, Phase.PENDING) or not p.status.iterations:
         _start(p, plan)
         if not _is_running(p.status):
             return
@@ -138,23 +138,27 @@ def _run_steps(p: _Pass, spec: LoopSpec) -> None:
         return
     if _deadline_passed(p, spec, limits):
         return
-    if _plan_changed(p, plan):
+    pinned = _pinned_plan(p, spec, plan)
+    if pinned is None:
         return
+    plan = pinned
     if p.status.phase is Phase.AWAITING_APPROVAL:
         _approval_step(p, plan)
         if not _is_running(p.status):
             return
     record = p.status.iterations[-1]
     stage = _stage_plan(plan, record.stage)
-    if record.maker is None and not _maker_step(p, spec, stage, record):
+    maker_was_pending = record.maker is None
+    if maker_was_pending and not _maker_step(p, spec, stage, record):
         return
     assert record.maker is not None
     if record.maker.outcome == ERROR:
         _end_iteration(p, record, "fail", record.maker.summary)
-        reason = Reason(record.maker.error_reason or Reason.MAKER_ERROR.value)
+        reason = _reason(record.maker.error_reason, Reason.MAKER_ERROR)
         _finish(p, spec, Phase.FAILED, reason, record.maker.summary)
         return
-    if _budget_exhausted(p, spec, limits, record, at_cap=False):
+    # over budget after the maker: halt before grading; checkers' own spend is judged at the end
+    if maker_was_pending and _budget_exhausted(p, spec, limits, record, at_cap=False):
         return
     if not _checkers_step(p, spec, stage, record):
         return
@@ -183,20 +187,27 @@ def _not_yet_supported(spec: LoopSpec | None, plan: list[StagePlan]) -> list[str
     return inert
 
 
-def _plan_changed(p: _Pass, plan: list[StagePlan]) -> bool:
-    """Stages or clusters edited mid-run: halt rather than guess where the run now stands."""
-    planned = [(st.name, list(st.clusters)) for st in plan]
-    recorded = [(st.name, [c.name for c in st.clusters]) for st in p.status.stages]
-    if planned == recorded:
-        return False
+def _pinned_plan(p: _Pass, spec: LoopSpec, plan: list[StagePlan]) -> list[StagePlan] | None:
+    """The plan as the run started it; None (and the run halted) when its stages changed.
+
+    Clusters are fixed at start: a new or relabelled cluster Secret does not move a running
+    rollout. Renamed, added or removed stages halt the run.
+    """
+    recorded = p.status.stages
+    if [st.name for st in plan] == [st.name for st in recorded]:
+        return [
+            replace(st, clusters=tuple(c.name for c in progress.clusters))
+            for st, progress in zip(plan, recorded, strict=True)
+        ]
     message = (
-        "the Loop's stages or clusters changed during the run "
-        f"(run started with {recorded}, Loop now has {planned}); start a new run"
+        "the Loop's stages changed during the run (run started with "
+        f"{[st.name for st in recorded]}, Loop now has {[st.name for st in plan]}); "
+        "start a new run"
     )
     if p.status.iterations and p.status.iterations[-1].decision is None:
         _end_iteration(p, p.status.iterations[-1], "halt", message)
-    _finish(p, p.obs.loop.spec, Phase.HALTED, Reason.LOOP_CHANGED, message)
-    return True
+    _finish(p, spec, Phase.HALTED, Reason.LOOP_CHANGED, message)
+    return None
 
 
 def _start(p: _Pass, plan: list[StagePlan]) -> None:
@@ -321,7 +332,7 @@ def _maker_step(p: _Pass, spec: LoopSpec, stage: StagePlan, record: IterationRec
     if outcome.outcome == ERROR:
         if pod.phase in ("Pending", "Running"):
             p.actions.append(DeletePod(name, outcome.summary))
-        p.event(Reason(outcome.error_reason or Reason.MAKER_ERROR.value), outcome.summary, True)
+        p.event(_reason(outcome.error_reason, Reason.MAKER_ERROR), outcome.summary, True)
     else:
         p.status.message = f"iteration {record.number}: maker {outcome.outcome}, checkers running"
         p.event(
@@ -359,6 +370,8 @@ def _budget_exhausted(
 
 def _checkers_step(p: _Pass, spec: LoopSpec, stage: StagePlan, record: IterationRecord) -> bool:
     """Ensure every checker ran for this iteration; True once all have a verdict."""
+    current = {c.name for c in spec.checkers}
+    record.checkers = [c for c in record.checkers if c.name in current]  # renamed or removed
     recorded = {c.name for c in record.checkers}
     pending = False
     for checker in spec.checkers:
@@ -439,7 +452,7 @@ def _verdict_step(
     if errors:
         why = f"checker {errors[0].name!r} errored: {'; '.join(errors[0].reasons)}"
         _end_iteration(p, record, "fail", why)
-        _finish(p, spec, Phase.FAILED, Reason(errors[0].error_reason or "CheckerFailed"), why)
+        _finish(p, spec, Phase.FAILED, _reason(errors[0].error_reason, Reason.CHECKER_FAILED), why)
         return
     failing = [c for c in record.checkers if c.verdict != "pass"]
     p.status.last_verdict = "fail" if failing else "pass"
@@ -509,7 +522,7 @@ def _finish(p: _Pass, spec: LoopSpec | None, phase: Phase, reason: Reason, messa
         if live and name != names.teardown_pod_name(p.obs.name):
             p.actions.append(DeletePod(name, f"run {phase.value.lower()}"))
     if spec is None or spec.teardown is None:
-        why = "no teardown configured" if spec is not None else "the Loop is gone"
+        why = "no teardown configured" if spec is not None else "no usable Loop (gone or invalid)"
         s.teardown = TeardownProgress(state="Skipped", message=why)
         s.finished_at = _iso(p.obs.now)
         return
@@ -525,8 +538,13 @@ def _teardown_step(p: _Pass, spec: LoopSpec | None) -> None:
     name = names.teardown_pod_name(p.obs.name)
     pod = p.obs.pods.get(name)
     if spec is None or spec.teardown is None:
-        s.teardown = TeardownProgress(state="Failed", pod=name, message="Loop or teardown gone")
+        why = "the Loop is gone or invalid" if spec is None else "teardown removed from the Loop"
+        message = f"teardown abandoned: {why}"
+        s.teardown = TeardownProgress(state="Failed", pod=name, message=message)
         s.finished_at = _iso(p.obs.now)
+        if pod is not None and pod.phase in ("Pending", "Running") and not pod.deleting:
+            p.actions.append(DeletePod(name, message))
+        p.event(Reason.TEARDOWN_FAILED, message, warning=True)
         return
     if pod is None:
         last = s.iterations[-1] if s.iterations else None
@@ -561,12 +579,23 @@ def _teardown_step(p: _Pass, spec: LoopSpec | None) -> None:
 def _memory_step(p: _Pass) -> None:
     if p.obs.memory_conflict is not None:
         return  # never write into a ConfigMap that is not this Loop's memory
-    for record in p.status.iterations:
-        if record.decision is not None and record.number not in p.obs.memory_iterations:
-            p.actions.insert(0, AppendMemory(memory_entry(p.obs.name, p.obs.uid, record)))
+    pending = [
+        AppendMemory(memory_entry(p.obs.name, p.obs.uid, record))
+        for record in sorted(p.status.iterations, key=lambda r: r.number)
+        if record.decision is not None and record.number not in p.obs.memory_iterations
+    ]
+    p.actions[:0] = pending  # first, in order: the next pods read memory
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _reason(value: str | None, default: Reason) -> Reason:
+    """A recorded reason as the enum; unknown values (an older or newer status) fall back."""
+    try:
+        return Reason(value) if value else default
+    except ValueError:
+        return default
 
 
 def _is_running(s: LoopRunStatus) -> bool:
