@@ -13,17 +13,25 @@ from pathlib import Path
 class OperatorProcess:
     """``python -m kloop.main`` against a kubeconfig, logging to a file."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path, namespaces: list[str]) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        namespaces: list[str],
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.namespaces = namespaces
+        self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        """Start the operator; returns once the process runs (kopf then lists and watches)."""
+        """Start the operator; returns once kopf has logged in to the cluster."""
         args = [sys.executable, "-m", "kloop.main"]
         for ns in self.namespaces:
             args += ["-n", ns]
+        args += self.extra_args
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             args,
@@ -31,9 +39,17 @@ class OperatorProcess:
             stderr=subprocess.STDOUT,
             env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
         )
-        time.sleep(0.5)
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"operator exited at once:\n{self.log_tail()}")
+        started = self.log_path.stat().st_size
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until kopf has logged in (or the process died)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited at once:\n{self.log_tail()}")
+            with self.log_path.open("rb") as f:
+                f.seek(started)
+                if b"Initial authentication has finished" in f.read():
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"operator did not log in within 30s:\n{self.log_tail()}")
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, as when a node dies or the pod is OOM-killed."""

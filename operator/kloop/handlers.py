@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from kloop.api import GROUP, VERSION
 from kloop.core import names
 from kloop.core.decide import decide
 from kloop.core.model import EvaluateOracle
+from kloop.metrics import RECONCILE
 
 log = logging.getLogger("kloop.handlers")
 
@@ -75,11 +77,14 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str) -> None:
         driver = _drivers[(namespace, name)]
         driver.wake.clear()
         try:
+            started = time.monotonic()
             snap = await observe(kube, namespace, name, caches)
             if snap is None:
                 return
             decision = decide(snap.observed)
-            if not await apply(kube, snap, decision, caches):
+            applied = await apply(kube, snap, decision, caches)
+            RECONCILE.observe(time.monotonic() - started)
+            if not applied:
                 log.info("status conflict, observing again", extra=ctx)
                 continue
         except asyncio.CancelledError:

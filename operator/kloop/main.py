@@ -9,7 +9,7 @@ import sys
 
 import kopf
 
-from kloop import logs
+from kloop import logs, metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +23,12 @@ def main(argv: list[str] | None = None) -> int:
         help="watch only this namespace (repeatable); default: all namespaces",
     )
     parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("KLOOP_METRICS_PORT", "0")),
+        help="serve Prometheus metrics on this port, e.g. 8080 (default 0: off)",
+    )
+    parser.add_argument(
         "--health",
         default=os.environ.get("KLOOP_HEALTH_ENDPOINT"),
         help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz (default: none)",
@@ -31,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logs.configure(args.log_level)
     from kloop import handlers  # noqa: F401  (registers the kopf handlers)
+
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
 
     asyncio.run(
         kopf.operator(

@@ -22,6 +22,7 @@ from kloop.core.model import (
     EvaluateOracle,
     RecordEvent,
 )
+from kloop.metrics import PODS_CREATED, record_transition
 
 log = logging.getLogger("kloop.apply")
 
@@ -109,6 +110,7 @@ async def _create_pod(kube: Kube, snap: Snapshot, action: CreatePod, caches: Cac
         await kube.call(
             kube.core.create_namespaced_pod, namespace, manifest, field_validation="Strict"
         )
+        PODS_CREATED.labels(action.pod.role.value).inc()
         log.info("pod created", extra={"pod": action.pod.name, "role": action.pod.role.value})
     except Exception as err:
         message = _api_message(err)
@@ -211,6 +213,12 @@ async def apply(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) 
         await write_status(kube, snap, decision)
     except Conflict:
         return False
+    record_transition(
+        snap.run["metadata"]["namespace"],
+        snap.observed.loop.name,
+        snap.observed.status,
+        decision.status,
+    )
     namespace = snap.run["metadata"]["namespace"]
     for action in decision.actions:  # events first: they must match the status just written
         if isinstance(action, RecordEvent):
