@@ -7,7 +7,7 @@ bigger belongs in artifacts (URLs or short strings) or in the workspace.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -83,25 +83,25 @@ def _explain(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_maker_result(message: str | None) -> MakerResult:
-    """Validate a maker's termination message, or raise InvalidResult with a readable reason."""
+R = TypeVar("R", bound="_Result")
+
+
+def _parse(model: type[R], who: str, message: str | None) -> R:
     if not message or not message.strip():
-        raise InvalidResult("the maker wrote no result to /dev/termination-log")
+        raise InvalidResult(f"the {who} wrote no result to /dev/termination-log")
     try:
-        return MakerResult.model_validate_json(message)
+        return model.model_validate_json(message)
     except ValidationError as err:
         raise InvalidResult(
-            f"maker result is not valid JSON of schema v1: {_explain(err)}"
+            f"{who} result is not valid JSON of schema v1: {_explain(err)}"
         ) from err
+
+
+def parse_maker_result(message: str | None) -> MakerResult:
+    """Validate a maker's termination message, or raise InvalidResult with a readable reason."""
+    return _parse(MakerResult, "maker", message)
 
 
 def parse_checker_result(message: str | None) -> CheckerResult:
     """Validate a checker's termination message, or raise InvalidResult with a readable reason."""
-    if not message or not message.strip():
-        raise InvalidResult("the checker wrote no result to /dev/termination-log")
-    try:
-        return CheckerResult.model_validate_json(message)
-    except ValidationError as err:
-        raise InvalidResult(
-            f"checker result is not valid JSON of schema v1: {_explain(err)}"
-        ) from err
+    return _parse(CheckerResult, "checker", message)
