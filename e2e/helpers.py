@@ -8,8 +8,6 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-BUSYBOX_IMAGE = "kloop.local/busybox:1.0"
-
 
 def wait_for(
     what: str, probe: Callable[[], T | None], timeout: float = 60, every: float = 0.5

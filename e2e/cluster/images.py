@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import subprocess
 import tarfile
 import time
@@ -174,8 +173,3 @@ def import_image(ctr_address: str, tarball: Path) -> None:
             return
         time.sleep(0.5 * (attempt + 1))
     raise RuntimeError(f"ctr images import {tarball} failed: {proc.stderr}")
-
-
-def have_gcc() -> bool:
-    """The pause image is compiled; gcc must be on the machine."""
-    return shutil.which("gcc") is not None

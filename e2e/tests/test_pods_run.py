@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 
-from e2e.helpers import BUSYBOX_IMAGE, wait_for
+from e2e.cluster.images import BUSYBOX_IMAGE
+from e2e.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,6 @@ Json = dict[str, Any]
 
 MEMORY_DIR = "/kloop/memory"
 FEEDBACK_FILE = "/kloop/feedback.json"
-MAKER_FILE = "/kloop/maker.json"
 SKILLS_DIR = "/kloop/skills"
 WORKSPACE_DIR = "/kloop/workspace"
 

@@ -2,4 +2,3 @@
 
 GROUP = "kloop.dev"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
