@@ -278,41 +278,33 @@ def _rejection(err: ApiException) -> str:
     return str(json.loads(err.body).get("message", err.body))
 
 
-@pytest.mark.parametrize(("case", "mutate", "expected"), LOOP_CASES, ids=[c[0] for c in LOOP_CASES])
-def test_bad_loop_is_rejected_at_admission_with_a_clear_message(
+CASES = [
+    pytest.param("loops", _valid_loop, mutate, expected, id=case)
+    for case, mutate, expected in LOOP_CASES
+] + [
+    pytest.param("loopruns", _valid_run, mutate, expected, id=case)
+    for case, mutate, expected in RUN_CASES
+]
+
+
+@pytest.mark.parametrize(("plural", "valid", "mutate", "expected"), CASES)
+def test_bad_input_is_rejected_at_admission_with_a_clear_message(
     api_client: client.ApiClient,
     kloop_crds: list[str],
     namespace: str,
-    case: str,
+    plural: str,
+    valid: Callable[[], Doc],
     mutate: Callable[[Doc], None],
     expected: str,
 ) -> None:
     api = client.CustomObjectsApi(api_client)
-    body = _valid_loop()
+    body = valid()
     mutate(body)
     with pytest.raises(ApiException) as rejected:
-        _create(api, namespace, "loops", body)
+        _create(api, namespace, plural, body)
     assert rejected.value.status in (400, 422), rejected.value.body
     assert expected in _rejection(rejected.value), _rejection(rejected.value)
-    _assert_absent(api, namespace, "loops")
-
-
-@pytest.mark.parametrize(("case", "mutate", "expected"), RUN_CASES, ids=[c[0] for c in RUN_CASES])
-def test_bad_looprun_is_rejected_at_admission_with_a_clear_message(
-    api_client: client.ApiClient,
-    kloop_crds: list[str],
-    namespace: str,
-    case: str,
-    mutate: Callable[[Doc], None],
-    expected: str,
-) -> None:
-    api = client.CustomObjectsApi(api_client)
-    body = _valid_run()
-    mutate(body)
-    with pytest.raises(ApiException) as rejected:
-        _create(api, namespace, "loopruns", body)
-    assert expected in _rejection(rejected.value), _rejection(rejected.value)
-    _assert_absent(api, namespace, "loopruns")
+    _assert_absent(api, namespace, plural)
 
 
 def test_the_valid_base_loop_is_accepted_so_the_catalogue_tests_one_fault_each(
