@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from kloop.api.conditions import Reason
 from kloop.api.looprun import CheckerRecord, MakerRecord
@@ -67,23 +69,36 @@ def pod_error(pod: ObservedPod, timeout_seconds: int, now: datetime, who: str) -
     return None
 
 
-def assess_maker(pod: ObservedPod, timeout_seconds: int, now: datetime) -> MakerRecord | None:
-    """The maker's record once its pod ended (or failed, or timed out); None while it runs."""
-    error = pod_error(pod, timeout_seconds, now, "maker")
+T = TypeVar("T")
+
+
+def _ended(
+    pod: ObservedPod,
+    timeout_seconds: int,
+    now: datetime,
+    who: str,
+    parse: Callable[[str | None], T],
+) -> T | PodError | None:
+    """The pod's parsed result, or why there is none (an error), or None while it may still end."""
+    error = pod_error(pod, timeout_seconds, now, who)
     if error is not None:
-        return MakerRecord(
-            pod=pod.name, outcome=ERROR, summary=error.message, error_reason=error.reason.value
-        )
+        return error
     if pod.phase != "Succeeded":
         return None
     try:
-        result = parse_maker_result(pod.message)
+        return parse(pod.message)
     except InvalidResult as err:
+        return PodError(Reason.INVALID_AGENT_OUTPUT, str(err))
+
+
+def assess_maker(pod: ObservedPod, timeout_seconds: int, now: datetime) -> MakerRecord | None:
+    """The maker's record once its pod ended (or failed, or timed out); None while it runs."""
+    result = _ended(pod, timeout_seconds, now, "maker", parse_maker_result)
+    if result is None:
+        return None
+    if isinstance(result, PodError):
         return MakerRecord(
-            pod=pod.name,
-            outcome=ERROR,
-            summary=str(err),
-            error_reason=Reason.INVALID_AGENT_OUTPUT.value,
+            pod=pod.name, outcome=ERROR, summary=result.message, error_reason=result.reason.value
         )
     return MakerRecord(
         pod=pod.name,
@@ -98,21 +113,12 @@ def assess_checker(
     name: str, pod: ObservedPod, timeout_seconds: int, now: datetime
 ) -> CheckerRecord | None:
     """A pod checker's verdict once its pod ended; None while it runs."""
-    error = pod_error(pod, timeout_seconds, now, f"checker {name!r}")
-    if error is not None:
-        return CheckerRecord(
-            name=name, verdict=ERROR, reasons=[error.message], error_reason=error.reason.value
-        )
-    if pod.phase != "Succeeded":
+    result = _ended(pod, timeout_seconds, now, f"checker {name!r}", parse_checker_result)
+    if result is None:
         return None
-    try:
-        result = parse_checker_result(pod.message)
-    except InvalidResult as err:
+    if isinstance(result, PodError):
         return CheckerRecord(
-            name=name,
-            verdict=ERROR,
-            reasons=[str(err)],
-            error_reason=Reason.INVALID_AGENT_OUTPUT.value,
+            name=name, verdict=ERROR, reasons=[result.message], error_reason=result.reason.value
         )
     return CheckerRecord(
         name=name,

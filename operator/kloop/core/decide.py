@@ -38,6 +38,7 @@ from kloop.core.model import (
     PodRequest,
     RecordEvent,
     Role,
+    run_is_over,
 )
 from kloop.core.plan import Limits, StagePlan, build_plan, compute_limits
 
@@ -68,9 +69,6 @@ class _Pass:
     def event(self, reason: Reason, message: str, warning: bool = False) -> None:
         self.actions.append(RecordEvent("Warning" if warning else "Normal", reason.value, message))
 
-    def wake_at(self, when: datetime) -> None:
-        self.wake_in.append(max(0.0, (when - self.obs.now).total_seconds()))
-
 
 def decide(obs: ObservedRun) -> Decision:
     """Decide what happens next to a LoopRun."""
@@ -90,12 +88,7 @@ def decide(obs: ObservedRun) -> Decision:
         # only when something else changed: an idle reconcile must not write status
         end = _parse_time(p.status.finished_at) or obs.now
         p.status.usage.wall_seconds = round((end - started).total_seconds(), 1)
-    decision_done = (
-        p.status.phase is not None
-        and p.status.phase.finished
-        and (p.status.teardown is None or p.status.teardown.state != "Running")
-    )
-    requeue = None if decision_done else min([RESYNC_SECONDS, *p.wake_in])
+    requeue = None if run_is_over(p.status) else min([RESYNC_SECONDS, *p.wake_in])
     return Decision(p.status, p.actions, requeue, p.why or (p.status.message or ""))
 
 

@@ -142,6 +142,10 @@ class Decision:
     @property
     def done(self) -> bool:
         """Nothing more will happen to this run."""
-        phase = self.status.phase
-        teardown_done = self.status.teardown is None or self.status.teardown.state != "Running"
-        return phase is not None and phase.finished and teardown_done
+        return run_is_over(self.status)
+
+
+def run_is_over(status: LoopRunStatus) -> bool:
+    """A final phase, and no teardown still running."""
+    teardown_done = status.teardown is None or status.teardown.state != "Running"
+    return status.phase is not None and status.phase.finished and teardown_done
