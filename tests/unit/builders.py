@@ -57,6 +57,8 @@ def observe(
     aborted_by: str | None = None,
     clusters: dict[str, dict[str, str]] | None = None,
     memory_conflict: str | None = None,
+    write_rejected: tuple[str, str] | None = None,
+    created: dict[str, str] | None = None,
 ) -> ObservedRun:
     return ObservedRun(
         name=RUN,
@@ -74,16 +76,20 @@ def observe(
         clusters=clusters or {},
         uid="uid-1",
         memory_conflict=memory_conflict,
+        write_rejected=write_rejected,
+        created=created or {},
     )
 
 
 def succeeded(name: str, result: dict[str, Any] | str, at: datetime = T0) -> ObservedPod:
     message = result if isinstance(result, str) else json.dumps(result)
-    return ObservedPod(name, "Succeeded", created_at=at, exit_code=0, message=message)
+    return ObservedPod(
+        name, "Succeeded", created_at=at, exit_code=0, message=message, uid=f"uid-{name}"
+    )
 
 
 def running(name: str, at: datetime = T0) -> ObservedPod:
-    return ObservedPod(name, "Running", created_at=at)
+    return ObservedPod(name, "Running", created_at=at, uid=f"uid-{name}")
 
 
 def maker_ok(tokens: int = 0, cost: float = 0.0, summary: str = "did it") -> dict[str, Any]:

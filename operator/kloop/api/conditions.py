@@ -57,6 +57,12 @@ class Reason(StrEnum):
     POD_REJECTED = "PodRejected"
     OOM_KILLED = "OOMKilled"
     TIMED_OUT = "TimedOut"
+    POD_LOST = "PodLost"
+    UNTRUSTED_POD = "UntrustedPod"
+    # the run's own writes
+    STATUS_REJECTED = "StatusRejected"
+    MEMORY_REJECTED = "MemoryRejected"
+    RETRYING = "RetryingAfterError"
 
 
 class ConditionStatus(StrEnum):

@@ -89,11 +89,30 @@ def openapi_schema(model: type[BaseModel]) -> Schema:
     return result
 
 
-def _object_schema(spec: type[BaseModel], status: type[BaseModel], description: str) -> Schema:
+# kloop puts a Loop's and a LoopRun's name into label values on every pod (kloop.dev/loop,
+# kloop.dev/run), and label values are at most 63 characters: longer names are refused at
+# admission instead of failing at the first pod.
+MAX_NAME_LENGTH = 63
+
+
+def _name_rule(kind: str) -> Schema:
+    return {
+        "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+        "message": (
+            f"{kind} names are at most {MAX_NAME_LENGTH} characters: the name becomes the value "
+            "of a label on the pods kloop creates, and label values are limited to 63"
+        ),
+    }
+
+
+def _object_schema(
+    kind: str, spec: type[BaseModel], status: type[BaseModel], description: str
+) -> Schema:
     return {
         "type": "object",
         "description": description,
         "required": ["spec"],
+        "x-kubernetes-validations": [_name_rule(kind)],
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
@@ -147,6 +166,7 @@ def build_crds() -> dict[str, Schema]:
         "loops",
         "lp",
         _object_schema(
+            "Loop",
             LoopSpec,
             LoopStatus,
             "A Loop is a goal that prompts itself: a maker pod works, checkers grade it, memory "
@@ -164,6 +184,7 @@ def build_crds() -> dict[str, Schema]:
         "loopruns",
         "lr",
         _object_schema(
+            "LoopRun",
             LoopRunSpec,
             LoopRunStatus,
             "A LoopRun is one execution of a Loop: its iterations, verdicts, usage and outcome.",

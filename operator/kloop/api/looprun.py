@@ -20,7 +20,7 @@ class LoopRef(KubeModel):
 
 
 class BudgetOverride(KubeModel):
-    """Budget fields that replace the Loop's for this run only."""
+    """Caps for this run only: each may lower the Loop's cap (or add one it lacks), not raise it."""
 
     max_iterations: int | None = Field(default=None, ge=1, le=1000)
     """Iterations for this run."""
@@ -63,6 +63,64 @@ class Phase(StrEnum):
         return self in (Phase.SUCCEEDED, Phase.FAILED, Phase.HALTED)
 
 
+class StageState(StrEnum):
+    """Where a stage, or one cluster of it, stands."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    PASSED = "Passed"
+    FAILED = "Failed"
+    HALTED = "Halted"
+
+
+class TeardownState(StrEnum):
+    """Where the teardown step stands."""
+
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SKIPPED = "Skipped"
+
+
+class Outcome(StrEnum):
+    """What a maker did, as recorded: its own word, or ``error`` when its pod gave no result."""
+
+    CHANGED = "changed"
+    NOTHING_TO_DO = "nothing-to-do"
+    FAILED = "failed"
+    ERROR = "error"
+
+
+class RecordedVerdict(StrEnum):
+    """A grader's verdict, as recorded: its own word, or ``error`` when it gave none."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+    ERROR = "error"
+
+
+class IterationDecision(StrEnum):
+    """What was decided at the end of an iteration."""
+
+    ITERATE = "iterate"
+    SUCCEED = "succeed"
+    HALT = "halt"
+    FAIL = "fail"
+
+
+class TrackedPod(KubeModel):
+    """A pod kloop asked for; only it (and, once seen, only its uid) is trusted as a result."""
+
+    name: str
+    """Pod name."""
+    requested_at: str
+    """When kloop decided to create it."""
+    uid: str | None = None
+    """The pod's uid, once kloop has seen the pod it created."""
+
+
 class Usage(KubeModel):
     """What the run has consumed, as the agents reported it."""
 
@@ -79,7 +137,7 @@ class MakerRecord(KubeModel):
 
     pod: str | None = None
     """The maker pod."""
-    outcome: str
+    outcome: Outcome
     """changed, nothing-to-do, failed, or error."""
     summary: str = Field(default="", max_length=4096)
     """The maker's summary, or the error reason."""
@@ -96,7 +154,7 @@ class CheckerRecord(KubeModel):
 
     name: str
     """Checker name."""
-    verdict: str
+    verdict: RecordedVerdict
     """pass, fail, inconclusive, or error."""
     reasons: list[str] = Field(default_factory=list, max_length=20)
     """Why, as the checker said (or the error)."""
@@ -123,7 +181,7 @@ class IterationRecord(KubeModel):
     """The maker's outcome."""
     checkers: list[CheckerRecord] = Field(default_factory=list)
     """The checkers' verdicts."""
-    decision: str | None = None
+    decision: IterationDecision | None = None
     """iterate, succeed, halt, or fail."""
     why: str | None = None
     """The reason for the decision."""
@@ -131,6 +189,8 @@ class IterationRecord(KubeModel):
     """When the maker pod was created."""
     finished_at: str | None = None
     """When the decision was taken."""
+    pods: list[TrackedPod] = Field(default_factory=list, max_length=20)
+    """Pods requested for this iteration while it is open (cleared when it ends)."""
 
 
 class ClusterProgress(KubeModel):
@@ -138,11 +198,11 @@ class ClusterProgress(KubeModel):
 
     name: str
     """Cluster name."""
-    state: str
+    state: StageState
     """Pending, Running, Passed, Failed or Halted."""
     iterations: int = 0
     """Iterations run in this cluster."""
-    last_verdict: str | None = None
+    last_verdict: RecordedVerdict | None = None
     """The last combined verdict."""
     drifted_objects: int | None = None
     """Drifted objects at the last check."""
@@ -153,7 +213,7 @@ class StageProgress(KubeModel):
 
     name: str
     """Stage name."""
-    state: str
+    state: StageState
     """Pending, Running, AwaitingApproval, Passed, Failed or Halted."""
     clusters: list[ClusterProgress] = Field(default_factory=list)
     """Per-cluster progress."""
@@ -166,10 +226,14 @@ class StageProgress(KubeModel):
 class TeardownProgress(KubeModel):
     """The teardown pod that runs once at the end."""
 
-    state: str
+    state: TeardownState
     """Running, Succeeded, Failed, or Skipped."""
     pod: str | None = None
     """The teardown pod."""
+    requested_at: str | None = None
+    """When kloop decided to create the teardown pod."""
+    uid: str | None = None
+    """The teardown pod's uid, once seen."""
     message: str | None = None
     """Detail, e.g. why it failed."""
 
@@ -183,7 +247,7 @@ class LoopRunStatus(KubeModel):
     """The current stage."""
     iteration: int = 0
     """The current iteration number (from 1)."""
-    last_verdict: str | None = None
+    last_verdict: RecordedVerdict | None = None
     """The last combined checker verdict."""
     usage: Usage = Field(default_factory=Usage)
     """Tokens, cost and time used."""

@@ -31,7 +31,9 @@ class Verdict(StrEnum):
 
 
 class _Result(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # Infinity, NaN and 1e309 (which JSON parsers read as infinity) are refused: they are not
+    # valid JSON for the apiserver, and a run's usage or score must stay a real number.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     v: Literal[1] = 1
     """Schema version."""
@@ -42,8 +44,8 @@ class MakerResult(_Result):
 
     outcome: MakerOutcome
     summary: str = Field(default="", max_length=2048)
-    tokens: int = Field(default=0, ge=0)
-    cost_usd: float = Field(default=0.0, ge=0, alias="costUSD")
+    tokens: int = Field(default=0, ge=0, le=10**12)
+    cost_usd: float = Field(default=0.0, ge=0, le=10**9, alias="costUSD")
     artifacts: dict[str, Annotated[str, StringConstraints(max_length=1024)]] = Field(
         default_factory=dict
     )
@@ -52,7 +54,7 @@ class MakerResult(_Result):
 class DriftReport(BaseModel):
     """Objects a checker found drifted from their desired state."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     objects: int = Field(ge=0)
     details: list[Annotated[str, StringConstraints(max_length=512)]] = Field(default_factory=list)
@@ -67,8 +69,8 @@ class CheckerResult(_Result):
         default_factory=list, max_length=20
     )
     drift: DriftReport | None = None
-    tokens: int = Field(default=0, ge=0)
-    cost_usd: float = Field(default=0.0, ge=0, alias="costUSD")
+    tokens: int = Field(default=0, ge=0, le=10**12)
+    cost_usd: float = Field(default=0.0, ge=0, le=10**9, alias="costUSD")
 
 
 class InvalidResult(ValueError):

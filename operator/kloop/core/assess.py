@@ -43,6 +43,8 @@ def pod_error(pod: ObservedPod, timeout_seconds: int, now: datetime, who: str) -
             return PodError(
                 Reason.POD_REJECTED, f"{who} pod was rejected by the apiserver: {pod.message}"
             )
+        if pod.reason == "Untrusted":
+            return PodError(Reason.UNTRUSTED_POD, pod.message or f"{who} pod is not trusted")
         if pod.reason == "OOMKilled":
             return PodError(
                 Reason.OOM_KILLED, f"{who} was OOMKilled: raise its memory limit or use less"

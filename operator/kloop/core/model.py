@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from kloop.api.loop import LoopSpec
-from kloop.api.looprun import LoopRunSpec, LoopRunStatus
+from kloop.api.looprun import LoopRunSpec, LoopRunStatus, TeardownState
 
 LOCAL_CLUSTER = "local"
 IMPLICIT_STAGE = "default"
@@ -33,6 +33,7 @@ class ObservedPod:
     reason: str | None = None
     message: str | None = None
     deleting: bool = False
+    uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ class ObservedRun:
     aborted_by: str | None = None
     uid: str = ""
     memory_conflict: str | None = None
+    created: dict[str, str] = field(default_factory=dict)
+    """Pods this operator process created, by name, with the uid the apiserver gave them."""
+    write_rejected: tuple[str, str] | None = None
+    """A write of this run's that the apiserver refused for good: (reason, message)."""
 
 
 @dataclass(frozen=True)
@@ -147,5 +152,5 @@ class Decision:
 
 def run_is_over(status: LoopRunStatus) -> bool:
     """A final phase, and no teardown still running."""
-    teardown_done = status.teardown is None or status.teardown.state != "Running"
+    teardown_done = status.teardown is None or status.teardown.state != TeardownState.RUNNING
     return status.phase is not None and status.phase.finished and teardown_done

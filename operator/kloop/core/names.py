@@ -23,6 +23,11 @@ def pod_name(
     return f"{run}-s{stage_index}-{cluster}-i{iteration}-{suffix}"
 
 
+def checker_pod_prefix(run: str, stage_index: int, cluster: str, iteration: int) -> str:
+    """What every checker pod name of one iteration starts with."""
+    return pod_name(run, stage_index, cluster, iteration, Role.CHECKER, "")
+
+
 def teardown_pod_name(run: str) -> str:
     """The one teardown pod of a run."""
     return f"{run}-teardown"

@@ -34,16 +34,23 @@ class Limits:
     deadline_seconds: int | None
 
 
+def _lower(cap: float | None, override: float | None) -> float | None:
+    """An override may add a cap the Loop lacks or lower one; never raise it."""
+    if override is None:
+        return cap
+    return override if cap is None else min(cap, override)
+
+
 def compute_limits(loop: LoopSpec, override: BudgetOverride | None) -> Limits:
-    """The Loop's budget, each field replaced by the run's override when set."""
+    """The Loop's budget, each cap lowered (never raised) by the run's override."""
     b, o = loop.budget, override or BudgetOverride()
+    tokens = _lower(b.max_tokens, o.max_tokens)
+    deadline = _lower(b.deadline_seconds, o.deadline_seconds)
     return Limits(
-        max_iterations=o.max_iterations or b.max_iterations,
-        max_tokens=o.max_tokens if o.max_tokens is not None else b.max_tokens,
-        max_cost_usd=o.max_cost_usd if o.max_cost_usd is not None else b.max_cost_usd,
-        deadline_seconds=o.deadline_seconds
-        if o.deadline_seconds is not None
-        else b.deadline_seconds,
+        max_iterations=min(b.max_iterations, o.max_iterations or b.max_iterations),
+        max_tokens=None if tokens is None else int(tokens),
+        max_cost_usd=_lower(b.max_cost_usd, o.max_cost_usd),
+        deadline_seconds=None if deadline is None else int(deadline),
     )
 
 
@@ -85,7 +92,7 @@ def build_plan(
                 i,
                 stage.name,
                 names,
-                stage.max_iterations or limits.max_iterations,
+                min(stage.max_iterations or limits.max_iterations, limits.max_iterations),
                 stage.require_approval,
             )
         )
