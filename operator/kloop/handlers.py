@@ -19,9 +19,10 @@ from typing import Any
 
 import kopf
 
-from kloop.adapters.apply import apply
+from kloop.adapters import errors
+from kloop.adapters.apply import PermanentWriteError, apply
 from kloop.adapters.kube import Kube
-from kloop.adapters.observe import Caches, observe
+from kloop.adapters.observe import Caches, Snapshot, observe
 from kloop.api import GROUP, VERSION
 from kloop.core import names
 from kloop.core.decide import decide
@@ -38,10 +39,14 @@ class _Driver:
     """The task driving one LoopRun and the event that wakes it."""
 
     task: asyncio.Task[None]
+    namespace: str
+    name: str
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-_drivers: dict[tuple[str, str], _Driver] = {}
+# Keyed by the run's uid: a run deleted and re-created under the same name (kubectl replace
+# --force) is a new object and gets its own task, whatever the old task is still doing.
+_drivers: dict[str, _Driver] = {}
 
 
 @kopf.on.startup()
@@ -69,18 +74,31 @@ async def stop_drivers(**_: Any) -> None:
     _drivers.clear()
 
 
-async def drive(kube: Kube, caches: Caches, namespace: str, name: str) -> None:
-    """Reconcile one LoopRun until it is finished or gone; API errors back off and retry."""
+@dataclass
+class _Retries:
+    """Consecutive failed passes of one run, and the last error reported for it."""
+
+    failures: int = 0
+    reported: str = ""
+
+
+async def drive(kube: Kube, caches: Caches, namespace: str, name: str, uid: str) -> None:
+    """Reconcile one LoopRun until it is finished or gone.
+
+    Transient errors back off and are shown on the run (conditions, one Event per distinct
+    error); a write the apiserver refuses for good fails the run with that reason.
+    """
     ctx = {"run": name, "namespace": namespace}
-    failures = 0
+    retries = _Retries()
+    snap: Snapshot | None = None
     while True:
-        driver = _drivers[(namespace, name)]
+        driver = _drivers[uid]
         driver.wake.clear()
         try:
             started = time.monotonic()
             snap = await observe(kube, namespace, name, caches)
-            if snap is None:
-                return
+            if snap is None or snap.observed.uid != uid:
+                return  # deleted (a re-created run of the same name has its own task)
             decision = decide(snap.observed)
             applied = await apply(kube, snap, decision, caches)
             RECONCILE.observe(time.monotonic() - started)
@@ -89,13 +107,23 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str) -> None:
                 continue
         except asyncio.CancelledError:
             raise
+        except PermanentWriteError as err:
+            log.error("write refused for good: %s", err.message, extra=ctx)
+            if uid in caches.write_rejected and snap is not None:
+                await errors.mark_failed(kube, snap, err.reason, err.message)
+                return  # even the failure could not be written in full: stop here
+            caches.write_rejected[uid] = (err.reason.value, err.message)
+            continue
         except Exception as err:  # noqa: BLE001 - a run must survive API hiccups
-            failures += 1
-            delay = min(ERROR_BACKOFF_MAX, 2.0**failures)
+            retries.failures += 1
+            delay = min(ERROR_BACKOFF_MAX, 2.0**retries.failures)
             log.warning("reconcile failed, retrying in %.0fs: %s", delay, err, extra=ctx)
+            if snap is not None:
+                await errors.report_retry(kube, snap, err, retries.failures, retries.reported)
+                retries.reported = errors.describe(err)
             await asyncio.sleep(delay)
             continue
-        failures = 0
+        retries = _Retries()
         log.info(
             decision.why or "reconciled",
             extra={
@@ -106,7 +134,7 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str) -> None:
             },
         )
         if decision.done:
-            caches.forget(snap.observed.uid)
+            caches.forget(uid)
             return
         if any(isinstance(a, EvaluateOracle) for a in decision.actions):
             continue
@@ -120,11 +148,10 @@ async def run_event(
 ) -> None:
     """Start a task for a run (new, or found at startup); wake it on changes.
 
-    Finished runs get one pass too: it completes whatever a crash interrupted (memory, the
-    Loop's columns) and ends at once.
+    Finished runs get one pass too: it completes whatever a crash interrupted (memory, pods
+    left running, the Loop's columns) and ends at once.
     """
-    key = (namespace or "", name)
-    driver = _drivers.get(key)
+    driver = _drivers.get(uid)
     if type == "DELETED":
         if driver is not None:
             driver.task.cancel()
@@ -133,22 +160,30 @@ async def run_event(
     if driver is not None and not driver.task.done():
         driver.wake.set()
         return
-    task = asyncio.create_task(drive(memo.kube, memo.caches, key[0], name), name=f"run {key}")
-    _drivers[key] = _Driver(task)
-    task.add_done_callback(functools.partial(_forget, key))
+    task = asyncio.create_task(
+        drive(memo.kube, memo.caches, namespace or "", name, uid), name=f"run {namespace}/{name}"
+    )
+    _drivers[uid] = _Driver(task, namespace or "", name)
+    task.add_done_callback(functools.partial(_forget, uid, name))
 
 
-def _forget(key: tuple[str, str], task: asyncio.Task[None]) -> None:
-    driver = _drivers.get(key)
+def _forget(uid: str, name: str, task: asyncio.Task[None]) -> None:
+    driver = _drivers.get(uid)
     if driver is not None and driver.task is task:
-        del _drivers[key]
+        del _drivers[uid]
     if not task.cancelled() and task.exception() is not None:
-        log.error("run task crashed: %s", task.exception(), extra={"run": key[1]})
+        log.error("run task crashed: %s", task.exception(), extra={"run": name})
 
 
 @kopf.on.event("", "v1", "pods", labels={names.LABEL_RUN: kopf.PRESENT})
-async def pod_event(*, labels: Any, namespace: str | None, **_: Any) -> None:
-    """A run's pod changed: wake that run's task."""
-    driver = _drivers.get((namespace or "", labels.get(names.LABEL_RUN) or ""))
-    if driver is not None:
-        driver.wake.set()
+async def pod_event(*, meta: Any, namespace: str | None, **_: Any) -> None:
+    """A run's pod changed: wake the run that owns it, or the run now using its name.
+
+    A deleted run's pods linger until garbage collection; a run re-created under the same name
+    waits for them to go (their names are its names), so their events wake it too.
+    """
+    owners = {o.get("uid") for o in meta.get("ownerReferences") or []}
+    run = (meta.get("labels") or {}).get(names.LABEL_RUN)
+    for uid, driver in _drivers.items():
+        if uid in owners or (driver.namespace == namespace and driver.name == run):
+            driver.wake.set()

@@ -316,3 +316,22 @@ def test_the_valid_base_loop_is_accepted_so_the_catalogue_tests_one_fault_each(
     got = api.get_namespaced_custom_object("kloop.dev", "v1alpha1", namespace, "loops", "bad")
     assert got["spec"]["memory"]["keepIterations"] == 10
     assert got["spec"]["concurrencyPolicy"] == "Forbid", "defaults come from the CRD schema"
+
+
+@pytest.mark.parametrize(("plural", "valid"), [("loopruns", _valid_run), ("loops", _valid_loop)])
+def test_trust_8_names_too_long_for_pod_labels_are_refused_at_admission(
+    api_client: client.ApiClient,
+    kloop_crds: list[str],
+    namespace: str,
+    plural: str,
+    valid: Callable[[], Doc],
+) -> None:
+    api = client.CustomObjectsApi(api_client)
+    body = valid()
+    body["metadata"] = {"name": "r" * 64}
+    with pytest.raises(ApiException) as rejected:
+        _create(api, namespace, plural, body)
+    assert rejected.value.status == 422, rejected.value.body
+    assert "at most 63 characters" in _rejection(rejected.value)
+    body["metadata"] = {"name": "r" * 63}
+    _create(api, namespace, plural, body)  # the limit itself is fine

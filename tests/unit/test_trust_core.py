@@ -283,3 +283,17 @@ def test_trust_9_the_uid_the_apiserver_returned_must_match() -> None:
     obs = observe(start.status, pods={maker_pod(1): running(maker_pod(1))})
     d = decide(replace(obs, created={maker_pod(1): "the-real-one"}))
     assert d.status.halt_reason == "UntrustedPod"
+
+
+def test_trust_2_retrying_shows_reconciling_then_stalled_with_the_error() -> None:
+    from kloop.core.conditions import STALL_AFTER_ATTEMPTS, retrying
+
+    status = decide(observe()).status
+    first = {c.type: c for c in retrying(status, 1, T0, "InternalError 500: etcd down", 1)}
+    assert first["Reconciling"].reason == "RetryingAfterError"
+    assert "etcd down" in first["Reconciling"].message
+    assert "Stalled" not in first
+    later = retrying(status, 1, T0, "still down", STALL_AFTER_ATTEMPTS)
+    stalled = {c.type: c for c in later}["Stalled"]
+    assert (stalled.status.value, stalled.reason) == ("True", "RetryingAfterError")
+    assert {c.type for c in later} >= {"Ready", "Reconciling", "Stalled"}

@@ -6,14 +6,21 @@ Writing status before side effects means a crash in between only repeats idempot
 
 from __future__ import annotations
 
-import json
 import logging
 
 from kloop.adapters import events, memory, oracles
-from kloop.adapters.kube import Json, Kube, is_status, owner_reference
+from kloop.adapters.kube import (
+    Json,
+    Kube,
+    api_message,
+    is_permanent,
+    is_status,
+    owner_reference,
+)
 from kloop.adapters.observe import Caches, Snapshot
 from kloop.adapters.pods import render_inputs, render_pod
 from kloop.api import GROUP, VERSION
+from kloop.api.conditions import Reason
 from kloop.core.model import (
     AppendMemory,
     CreatePod,
@@ -29,6 +36,15 @@ log = logging.getLogger("kloop.apply")
 
 class Conflict(Exception):
     """Someone changed the LoopRun since we read it: observe again."""
+
+
+class PermanentWriteError(Exception):
+    """The apiserver refused one of the run's own writes for good (a 4xx but 409/429)."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
 
 
 async def write_status(kube: Kube, snap: Snapshot, decision: Decision) -> None:
@@ -64,17 +80,14 @@ async def write_status(kube: Kube, snap: Snapshot, decision: Decision) -> None:
     except Exception as err:
         if is_status(err, 409):
             raise Conflict(str(err)) from err
+        if is_permanent(err):
+            raise PermanentWriteError(
+                Reason.STATUS_REJECTED,
+                f"the apiserver refused the run's status ({getattr(err, 'status', '?')}): "
+                f"{api_message(err)}"[:1000],
+            ) from err
         raise
     snap.run["metadata"]["resourceVersion"] = updated["metadata"]["resourceVersion"]
-
-
-def _api_message(err: BaseException) -> str:
-    """The apiserver's own words from an ApiException (its JSON body), else the error."""
-    body = getattr(err, "body", None)
-    try:
-        return str(json.loads(body)["message"]) if body else str(err)
-    except (ValueError, KeyError, TypeError):
-        return str(err)
 
 
 async def _create_pod(kube: Kube, snap: Snapshot, action: CreatePod, caches: Caches) -> None:
@@ -107,19 +120,17 @@ async def _create_pod(kube: Kube, snap: Snapshot, action: CreatePod, caches: Cac
         except Exception as err:
             if not is_status(err, 409):
                 raise
-        await kube.call(
+        pod = await kube.call(
             kube.core.create_namespaced_pod, namespace, manifest, field_validation="Strict"
         )
+        caches.created[(uid, action.pod.name)] = pod["metadata"]["uid"]
         PODS_CREATED.labels(action.pod.role.value).inc()
         log.info("pod created", extra={"pod": action.pod.name, "role": action.pod.role.value})
     except Exception as err:
-        message = _api_message(err)
-        # 400/422: the template is invalid; 403 from admission (PodSecurity) will not change,
-        # but a quota 403 may, so that one is retried like any transient error
-        permanent = is_status(err, 400, 422) or (
-            is_status(err, 403) and "exceeded quota" not in message
-        )
-        if permanent:
+        message = api_message(err)
+        # a 4xx but 409/429 (invalid template, admission policy, quota) will not change by
+        # itself: the run fails with the apiserver's reason instead of retrying in silence
+        if is_permanent(err):
             caches.rejected[(uid, action.pod.name)] = message[:1000]
             log.warning("pod rejected", extra={"pod": action.pod.name, "why": message})
             return
@@ -129,12 +140,20 @@ async def _create_pod(kube: Kube, snap: Snapshot, action: CreatePod, caches: Cac
 
 
 async def _adopt_or_reject(kube: Kube, snap: Snapshot, action: CreatePod, caches: Caches) -> None:
-    """A pod with our deterministic name exists: ours (adopt), on its way out, or someone else's."""
+    """A pod with our deterministic name appeared since we looked: a predecessor's, or not ours.
+
+    kloop lists the run's pods (a consistent read) before asking for one, so a pod that exists
+    when it creates it was made by someone else in between — even if it names this run as its
+    owner. It is never adopted: the core sees it as untrusted.
+    """
     meta = snap.run["metadata"]
     existing = await kube.call(kube.core.read_namespaced_pod, action.pod.name, meta["namespace"])
     owners = existing["metadata"].get("ownerReferences") or []
     if any(o.get("uid") == meta["uid"] for o in owners):
-        log.info("pod exists, adopted", extra={"pod": action.pod.name})
+        caches.untrusted[(meta["uid"], action.pod.name)] = (
+            f"a pod named {action.pod.name} appeared before kloop created it: not trusted"
+        )
+        log.warning("untrusted pod under our name", extra={"pod": action.pod.name})
         return
     predecessor = any(o.get("kind") == "LoopRun" and o.get("name") == meta["name"] for o in owners)
     if existing["metadata"].get("deletionTimestamp") or predecessor:
@@ -159,6 +178,21 @@ async def _append_memory(kube: Kube, snap: Snapshot, entries: list[Json]) -> Non
     loop = snap.observed.loop
     if loop.spec is None or snap.loop is None or not entries:
         return
+    try:
+        await _write_memory(kube, snap, entries)
+    except Exception as err:
+        if is_permanent(err):
+            raise PermanentWriteError(
+                Reason.MEMORY_REJECTED,
+                f"the apiserver refused the memory ConfigMap ({getattr(err, 'status', '?')}): "
+                f"{api_message(err)}"[:1000],
+            ) from err
+        raise
+
+
+async def _write_memory(kube: Kube, snap: Snapshot, entries: list[Json]) -> None:
+    loop = snap.observed.loop
+    assert loop.spec is not None and snap.loop is not None
     await memory.append(
         kube,
         snap.run["metadata"]["namespace"],
@@ -196,15 +230,18 @@ async def update_loop_status(kube: Kube, snap: Snapshot, decision: Decision) -> 
     if current.get("lastRunTime") and (wanted["lastRunTime"] or "") < current["lastRunTime"]:
         return  # a newer run owns the columns
     meta = snap.loop["metadata"]
-    await kube.call(
-        kube.custom.patch_namespaced_custom_object_status,
-        GROUP,
-        VERSION,
-        meta["namespace"],
-        "loops",
-        meta["name"],
-        {"status": wanted},
-    )
+    try:
+        await kube.call(
+            kube.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            meta["namespace"],
+            "loops",
+            meta["name"],
+            {"status": wanted},
+        )
+    except Exception as err:  # noqa: BLE001 - the Loop's columns never hold a run back
+        log.warning("could not update the Loop's status: %s", err)
 
 
 async def apply(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) -> bool:

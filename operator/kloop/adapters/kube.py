@@ -43,6 +43,22 @@ def is_status(err: BaseException, *codes: int) -> bool:
     return isinstance(err, ApiException) and err.status in codes
 
 
+def is_permanent(err: BaseException) -> bool:
+    """An apiserver refusal that retrying will not change: a 4xx but 409 (re-read) and 429."""
+    if not isinstance(err, ApiException) or err.status is None:
+        return False
+    return 400 <= err.status < 500 and err.status not in (409, 429)
+
+
+def api_message(err: BaseException) -> str:
+    """The apiserver's own words from an ApiException (its JSON body), else the error."""
+    body = getattr(err, "body", None)
+    try:
+        return str(json.loads(body)["message"]) if body else str(err)
+    except (ValueError, KeyError, TypeError):
+        return str(err)
+
+
 def owner_reference(obj: Json, controller: bool = True) -> Json:
     """An ownerReference to ``obj`` so garbage collection removes children with their owner."""
     return {

@@ -26,17 +26,25 @@ OPERATOR_NAMESPACE = os.environ.get("KLOOP_OPERATOR_NAMESPACE", "kloop-system")
 class Caches:
     """What the I/O layer learned that is not stored in the cluster, keyed by run uid.
 
-    Oracle answers and pods the apiserver refused are fed back to the core as observations;
-    after a restart they are simply asked again.
+    Oracle answers, pods the apiserver refused, the uids of pods this process created, pods
+    found under a name kloop was about to use, and writes refused for good are fed back to the
+    core as observations; after a restart they are simply asked again (or, for created uids,
+    the pods are adopted by name because status shows kloop asked for them).
     """
 
     oracles: dict[tuple[str, int, str], OracleOutcome] = field(default_factory=dict)
     rejected: dict[tuple[str, str], str] = field(default_factory=dict)
+    created: dict[tuple[str, str], str] = field(default_factory=dict)
+    untrusted: dict[tuple[str, str], str] = field(default_factory=dict)
+    write_rejected: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def forget(self, uid: str) -> None:
         """Drop what belongs to a finished or deleted run."""
         self.oracles = {k: v for k, v in self.oracles.items() if k[0] != uid}
         self.rejected = {k: v for k, v in self.rejected.items() if k[0] != uid}
+        self.created = {k: v for k, v in self.created.items() if k[0] != uid}
+        self.untrusted = {k: v for k, v in self.untrusted.items() if k[0] != uid}
+        self.write_rejected.pop(uid, None)
 
 
 @dataclass
@@ -143,6 +151,9 @@ async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snap
     for (run_uid, pod), message in caches.rejected.items():
         if run_uid == uid and pod not in observed_pods:
             observed_pods[pod] = ObservedPod(pod, "Failed", reason="Rejected", message=message)
+    for (run_uid, pod), message in caches.untrusted.items():
+        if run_uid == uid:
+            observed_pods[pod] = ObservedPod(pod, "Failed", reason="Untrusted", message=message)
     annotations = run["metadata"].get("annotations") or {}
     aborted_by = (
         _who_set(run, names.ANNOTATION_ABORT) if names.ANNOTATION_ABORT in annotations else None
@@ -163,5 +174,7 @@ async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snap
         clusters=await _clusters(kube) if loop.spec is not None and loop.spec.stages else {},
         uid=uid,
         memory_conflict=memory_conflict,
+        created={pod: pod_uid for (u, pod), pod_uid in caches.created.items() if u == uid},
+        write_rejected=caches.write_rejected.get(uid),
     )
     return Snapshot(observed, run, raw_loop)

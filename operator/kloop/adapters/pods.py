@@ -165,4 +165,5 @@ def observe_pod(pod: Json) -> ObservedPod:
         reason=reason,
         message=terminated.get("message") or status.get("message"),
         deleting=pod["metadata"].get("deletionTimestamp") is not None,
+        uid=pod["metadata"].get("uid") or "",
     )

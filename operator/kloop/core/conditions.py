@@ -72,3 +72,39 @@ def summarize(
             )
         )
     s.conditions = conditions
+
+
+STALL_AFTER_ATTEMPTS = 5
+
+
+def retrying(
+    s: LoopRunStatus, generation: int, now: datetime, error: str, attempts: int
+) -> list[Condition]:
+    """The conditions while a pass keeps failing with a transient error.
+
+    ``Reconciling`` says kloop is retrying and why; after ``STALL_AFTER_ATTEMPTS`` failures in a
+    row ``Stalled`` says so too, so ``kubectl describe`` and kstatus readers see a run that is
+    not moving. The next successful pass recomputes every condition from the phase.
+    """
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    message = f"attempt {attempts} failed, retrying with backoff: {error}"[:32768]
+    wanted = {ConditionType.RECONCILING: message}
+    if attempts >= STALL_AFTER_ATTEMPTS:
+        wanted[ConditionType.STALLED] = message
+    kept = [c for c in s.conditions if c.type not in {t.value for t in wanted}]
+    previous = {c.type: c for c in s.conditions}
+    added = []
+    for ctype, text in wanted.items():
+        old = previous.get(ctype.value)
+        since = old.last_transition_time if old is not None and old.status == T else stamp
+        added.append(
+            Condition(
+                type=ctype.value,
+                status=T,
+                reason=Reason.RETRYING.value,
+                message=text,
+                last_transition_time=since,
+                observed_generation=generation,
+            )
+        )
+    return kept + added

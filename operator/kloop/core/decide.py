@@ -762,6 +762,8 @@ def _teardown_step(p: _Pass, spec: LoopSpec | None) -> None:
 def _memory_step(p: _Pass) -> None:
     if p.obs.memory_conflict is not None:
         return  # never write into a ConfigMap that is not this Loop's memory
+    if p.obs.write_rejected is not None and p.obs.write_rejected[0] == Reason.MEMORY_REJECTED:
+        return  # the apiserver refuses it for good: the run fails instead of retrying forever
     pending = [
         AppendMemory(memory_entry(p.obs.name, p.obs.uid, record))
         for record in sorted(p.status.iterations, key=lambda r: r.number)
