@@ -147,7 +147,14 @@ async def _adopt_or_reject(kube: Kube, snap: Snapshot, action: CreatePod, caches
     owner. It is never adopted: the core sees it as untrusted.
     """
     meta = snap.run["metadata"]
-    existing = await kube.call(kube.core.read_namespaced_pod, action.pod.name, meta["namespace"])
+    found = await kube.call(  # list, not get: the operator's RBAC has no get on pods
+        kube.core.list_namespaced_pod,
+        meta["namespace"],
+        field_selector=f"metadata.name={action.pod.name}",
+    )
+    if not found["items"]:
+        return  # gone again already: the next pass asks for it anew
+    existing = found["items"][0]
     owners = existing["metadata"].get("ownerReferences") or []
     if any(o.get("uid") == meta["uid"] for o in owners):
         caches.untrusted[(meta["uid"], action.pod.name)] = (

@@ -195,7 +195,7 @@ class SkillRef(KubeModel):
 
 
 class Teardown(KubeModel):
-    """A pod that always runs once when a run ends, whatever the outcome."""
+    """A pod that runs at most once when a run ends, whatever the outcome (see docs/runs.md)."""
 
     template: PodTemplate
     """The teardown pod template."""
@@ -363,7 +363,7 @@ class LoopSpec(KubeModel):
     skills: list[SkillRef] | None = Field(default=None, max_length=16)
     """ConfigMaps of conventions and runbooks mounted into every agent pod."""
     teardown: Teardown | None = None
-    """A pod that runs once when a run ends."""
+    """A pod that runs at most once when a run ends."""
     schedule: str | None = Field(default=None, max_length=128)
     """Cron schedule for starting runs (validated; runs are not scheduled yet: create LoopRuns)."""
     time_zone: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_+\-/]+$")

@@ -224,7 +224,7 @@ class StageProgress(KubeModel):
 
 
 class TeardownProgress(KubeModel):
-    """The teardown pod that runs once at the end."""
+    """The teardown pod that runs at most once at the end."""
 
     state: TeardownState
     """Running, Succeeded, Failed, or Skipped."""
