@@ -157,7 +157,7 @@ def test_trust_2_transient_errors_show_on_the_run_and_it_recovers(
 ) -> None:
     create_loop(api_client, namespace, greeting_loop())
     with _memory_writes_fail(api_client, namespace):
-        start_run(api_client, namespace, "flaky", "flaky")
+        start_run(api_client, namespace, "greeting", "flaky")
 
         def retrying() -> Json | None:
             found = _condition(get_run(api_client, namespace, "flaky"), "Reconciling")
@@ -181,7 +181,7 @@ def test_trust_8_a_deleted_maker_pod_is_lost_not_silently_run_again(
     container = loop["spec"]["maker"]["template"]["spec"]["containers"][0]
     container["args"] = ["sleep 120"]
     create_loop(api_client, namespace, loop)
-    start_run(api_client, namespace, "lost", "lost")
+    start_run(api_client, namespace, "greeting", "lost")
     maker = "lost-s0-local-i1-maker"
 
     def uid_recorded() -> bool:
