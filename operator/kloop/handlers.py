@@ -20,12 +20,12 @@ from typing import Any
 import kopf
 
 from kloop.adapters.apply import apply
+from kloop.adapters.egress import EgressGuard
 from kloop.adapters.kube import Kube
 from kloop.adapters.observe import Caches, observe
 from kloop.api import GROUP, VERSION
 from kloop.core import names
 from kloop.core.decide import decide
-from kloop.core.model import EvaluateOracle
 from kloop.metrics import RECONCILE
 
 log = logging.getLogger("kloop.handlers")
@@ -55,7 +55,8 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     memo.kube = Kube()
-    memo.caches = Caches()
+    # the egress guard comes from main's flags (--allow-egress-cidr); strict when run otherwise
+    memo.caches = Caches(egress=getattr(memo, "egress", None) or EgressGuard(), wake=_wake)
 
 
 @kopf.on.cleanup()
@@ -108,8 +109,6 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str) -> None:
         if decision.done:
             caches.forget(snap.observed.uid)
             return
-        if any(isinstance(a, EvaluateOracle) for a in decision.actions):
-            continue
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(driver.wake.wait(), timeout=decision.requeue_after)
 
@@ -136,6 +135,13 @@ async def run_event(
     task = asyncio.create_task(drive(memo.kube, memo.caches, key[0], name), name=f"run {key}")
     _drivers[key] = _Driver(task)
     task.add_done_callback(functools.partial(_forget, key))
+
+
+def _wake(namespace: str, name: str) -> None:
+    """Wake a run's task (an oracle query it started has ended)."""
+    driver = _drivers.get((namespace, name))
+    if driver is not None:
+        driver.wake.set()
 
 
 def _forget(key: tuple[str, str], task: asyncio.Task[None]) -> None:

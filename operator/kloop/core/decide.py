@@ -390,7 +390,12 @@ def _check(
         if outcome is None:
             p.actions.append(EvaluateOracle(record.number, checker.name))
             return None
-        return CheckerRecord(name=checker.name, verdict=outcome.verdict, reasons=outcome.reasons)
+        return CheckerRecord(
+            name=checker.name,
+            verdict=outcome.verdict,
+            reasons=outcome.reasons,
+            error_reason=outcome.error_reason,
+        )
     name = names.pod_name(
         p.obs.name, stage.index, record.cluster, record.number, Role.CHECKER, checker.name
     )
