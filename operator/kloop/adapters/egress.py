@@ -60,9 +60,11 @@ class EgressGuard:
 
     async def resolve(self, host: str, port: int) -> IPAddress:
         """The address to connect to for ``host``, after resolution; Refused if none may be used."""
+        prefix = ""
         try:
             addresses: list[IPAddress] = [ipaddress.ip_address(host)]
         except ValueError:
+            prefix = f"{host} resolves to "
             try:
                 infos = await asyncio.get_running_loop().getaddrinfo(
                     host, port, type=socket.SOCK_STREAM
@@ -76,7 +78,7 @@ class EgressGuard:
                     addresses.append(address)
         chosen, refused = pick_address(addresses, self.allowed)
         if chosen is None:
-            raise Refused(f"{host}: " + "; ".join(refused or ["no address"]))
+            raise Refused(prefix + "; ".join(refused or ["no address"]))
         return chosen
 
     async def pinned(
