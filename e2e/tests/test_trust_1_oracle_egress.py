@@ -90,7 +90,7 @@ class _Hostile(BaseHTTPRequestHandler):
                 self.end_headers()
                 self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
-            pass  # the operator hung up: what we want
+            self.server.hits.add(f"hangup:{self.path}")  # the operator closed the connection
 
     def log_message(self, *args: object) -> None:
         pass
@@ -253,6 +253,8 @@ def test_trust_1_abort_halts_a_run_while_its_oracle_dribbles(
     )
     status = wait_finished(api_client, namespace, "slow", timeout=10)["status"]
     assert (status["phase"], status.get("haltReason")) == ("Halted", "Aborted"), status
+    # the run is over, so its query is cancelled: the server sees the connection close
+    wait_for("the operator hangs up", lambda: hostile.hits.first("hangup:/drip"), 4 * DRIP_SECONDS)
 
 
 def test_trust_1_without_the_flag_a_loopback_oracle_is_refused_unsent(
