@@ -85,8 +85,13 @@ def kloop_crds(api_client: client.ApiClient) -> list[str]:
 def operator(
     cluster: Path, kloop_crds: list[str], namespace: str, tmp_path: Path
 ) -> Iterator[OperatorProcess]:
-    """The kloop operator as a process watching this test's namespace; its log on failure."""
-    proc = OperatorProcess(cluster, tmp_path / "operator.log", [namespace])
+    """The kloop operator as a process watching this test's namespace; its log on failure.
+
+    Loopback is allowed for egress: the suite's HTTP oracles are servers on 127.0.0.1.
+    """
+    proc = OperatorProcess(
+        cluster, tmp_path / "operator.log", [namespace], ["--allow-egress-cidr", "127.0.0.0/8"]
+    )
     proc.start()
     try:
         yield proc

@@ -21,12 +21,12 @@ import kopf
 
 from kloop.adapters import errors
 from kloop.adapters.apply import PermanentWriteError, apply
+from kloop.adapters.egress import EgressGuard
 from kloop.adapters.kube import Kube
 from kloop.adapters.observe import Caches, Snapshot, observe
 from kloop.api import GROUP, VERSION
 from kloop.core import names
 from kloop.core.decide import decide
-from kloop.core.model import EvaluateOracle
 from kloop.metrics import RECONCILE
 
 log = logging.getLogger("kloop.handlers")
@@ -60,7 +60,8 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     memo.kube = Kube()
-    memo.caches = Caches()
+    # the egress guard comes from main's flags (--allow-egress-cidr); strict when run otherwise
+    memo.caches = Caches(egress=getattr(memo, "egress", None) or EgressGuard(), wake=_wake)
 
 
 @kopf.on.cleanup()
@@ -136,8 +137,6 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str, uid: str)
         if decision.done:
             caches.forget(uid)
             return
-        if any(isinstance(a, EvaluateOracle) for a in decision.actions):
-            continue
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(driver.wake.wait(), timeout=decision.requeue_after)
 
@@ -165,6 +164,13 @@ async def run_event(
     )
     _drivers[uid] = _Driver(task, namespace or "", name)
     task.add_done_callback(functools.partial(_forget, uid, name))
+
+
+def _wake(namespace: str, name: str) -> None:
+    """Wake a run's task (an oracle query it started has ended)."""
+    for driver in _drivers.values():
+        if (driver.namespace, driver.name) == (namespace, name):
+            driver.wake.set()
 
 
 def _forget(uid: str, name: str, task: asyncio.Task[None]) -> None:

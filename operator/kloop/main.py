@@ -10,6 +10,15 @@ import sys
 import kopf
 
 from kloop import logs, metrics
+from kloop.adapters.egress import EgressGuard
+from kloop.core.egress import IPNetwork, parse_cidr
+
+
+def _cidr(value: str) -> IPNetwork:
+    try:
+        return parse_cidr(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +42,20 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("KLOOP_HEALTH_ENDPOINT"),
         help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz (default: none)",
     )
+    parser.add_argument(
+        "--allow-egress-cidr",
+        action="append",
+        type=_cidr,
+        default=[
+            _cidr(c) for c in os.environ.get("KLOOP_ALLOW_EGRESS_CIDRS", "").split(",") if c.strip()
+        ],
+        metavar="CIDR",
+        help=(
+            "let requests made for Loop authors (HTTP oracles) reach this range even if it is "
+            "loopback, link-local or unspecified (repeatable; env KLOOP_ALLOW_EGRESS_CIDRS, "
+            "comma-separated); default: none"
+        ),
+    )
     parser.add_argument("--log-level", default=os.environ.get("KLOOP_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     logs.configure(args.log_level)
@@ -47,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             clusterwide=not args.namespace,
             namespaces=args.namespace,
             liveness_endpoint=args.health,
+            memo=kopf.Memo(egress=EgressGuard(tuple(args.allow_egress_cidr))),
         )
     )
     return 0

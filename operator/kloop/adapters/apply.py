@@ -6,6 +6,7 @@ Writing status before side effects means a crash in between only repeats idempot
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from kloop.adapters import events, memory, oracles
@@ -27,6 +28,7 @@ from kloop.core.model import (
     Decision,
     DeletePod,
     EvaluateOracle,
+    OracleOutcome,
     RecordEvent,
 )
 from kloop.metrics import PODS_CREATED, record_transition
@@ -212,14 +214,34 @@ async def _write_memory(kube: Kube, snap: Snapshot, entries: list[Json]) -> None
     )
 
 
-async def _evaluate_oracle(snap: Snapshot, action: EvaluateOracle, caches: Caches) -> None:
+def _evaluate_oracle(snap: Snapshot, action: EvaluateOracle, caches: Caches) -> None:
+    """Start the query in the background (once); its outcome lands in the caches, then a wake.
+
+    The driver goes on reconciling meanwhile, so abort, deadline and a deleted Loop are acted on
+    while a slow oracle answers; ``Caches.forget`` cancels the query when the run ends.
+    """
     loop = snap.observed.loop.spec
     assert loop is not None
     checker = next(c for c in loop.checkers if c.name == action.checker)
     assert checker.http is not None
-    key = (snap.run["metadata"]["uid"], action.iteration, action.checker)
-    if key not in caches.oracles:
-        caches.oracles[key] = await oracles.evaluate(checker.http)
+    http = checker.http
+    meta = snap.run["metadata"]
+    key = (meta["uid"], action.iteration, action.checker)
+    if key in caches.oracles or key in caches.pending:
+        return
+
+    async def query() -> None:
+        try:
+            outcome = await oracles.evaluate(http, caches.egress)
+        except Exception as err:  # noqa: BLE001 - a bug must not leave the checker pending
+            log.exception("oracle query crashed", extra={"checker": action.checker})
+            outcome = OracleOutcome("inconclusive", [f"oracle query crashed: {type(err).__name__}"])
+        finally:
+            caches.pending.pop(key, None)
+        caches.oracles[key] = outcome
+        caches.wake(meta["namespace"], meta["name"])
+
+    caches.pending[key] = asyncio.create_task(query(), name=f"oracle {key}")
 
 
 async def update_loop_status(kube: Kube, snap: Snapshot, decision: Decision) -> None:
@@ -275,6 +297,6 @@ async def apply(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) 
         elif isinstance(action, DeletePod):
             await _delete_pod(kube, namespace, action)
         elif isinstance(action, EvaluateOracle):
-            await _evaluate_oracle(snap, action, caches)
+            _evaluate_oracle(snap, action, caches)
     await update_loop_status(kube, snap, decision)
     return True

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
 from kloop.adapters import memory
+from kloop.adapters.egress import EgressGuard
 from kloop.adapters.kube import Json, Kube, is_status
 from kloop.adapters.pods import observe_pod
 from kloop.api import GROUP, VERSION
@@ -22,6 +25,10 @@ CLUSTER_LABEL = "kloop.dev/cluster"
 OPERATOR_NAMESPACE = os.environ.get("KLOOP_OPERATOR_NAMESPACE", "kloop-system")
 
 
+def _nobody(namespace: str, name: str) -> None:
+    """Default waker: nothing to wake (unit use, tools)."""
+
+
 @dataclass
 class Caches:
     """What the I/O layer learned that is not stored in the cluster, keyed by run uid.
@@ -29,7 +36,10 @@ class Caches:
     Oracle answers, pods the apiserver refused, the uids of pods this process created, pods
     found under a name kloop was about to use, and writes refused for good are fed back to the
     core as observations; after a restart they are simply asked again (or, for created uids,
-    the pods are adopted by name because status shows kloop asked for them).
+    the pods are adopted by name because status shows kloop asked for them). Oracle queries run
+    as background tasks
+    (``pending``) so a slow server never blocks the run's other decisions; when one ends it
+    stores its outcome and calls ``wake(namespace, name)`` so the run's driver looks again.
     """
 
     oracles: dict[tuple[str, int, str], OracleOutcome] = field(default_factory=dict)
@@ -37,14 +47,19 @@ class Caches:
     created: dict[tuple[str, str], str] = field(default_factory=dict)
     untrusted: dict[tuple[str, str], str] = field(default_factory=dict)
     write_rejected: dict[str, tuple[str, str]] = field(default_factory=dict)
+    pending: dict[tuple[str, int, str], asyncio.Task[None]] = field(default_factory=dict)
+    egress: EgressGuard = field(default_factory=EgressGuard)
+    wake: Callable[[str, str], None] = _nobody
 
     def forget(self, uid: str) -> None:
-        """Drop what belongs to a finished or deleted run."""
+        """Drop what belongs to a finished or deleted run, and cancel its oracle queries."""
         self.oracles = {k: v for k, v in self.oracles.items() if k[0] != uid}
         self.rejected = {k: v for k, v in self.rejected.items() if k[0] != uid}
         self.created = {k: v for k, v in self.created.items() if k[0] != uid}
         self.untrusted = {k: v for k, v in self.untrusted.items() if k[0] != uid}
         self.write_rejected.pop(uid, None)
+        for key in [k for k in self.pending if k[0] == uid]:
+            self.pending.pop(key).cancel()
 
 
 @dataclass

@@ -1,40 +1,90 @@
-"""HTTP oracles: query, extract the value, apply the pass condition (httpx, bounded retries).
+"""HTTP oracles: query through the egress guard, extract the value, apply the pass condition.
 
-An oracle that cannot answer (unreachable, not JSON, value missing) gives an *inconclusive*
-verdict with the reason: the iteration does not pass, the next one retries, and the iteration
-cap bounds it — one monitoring outage does not fail a whole run.
+Verdicts (docs/security.md):
+
+- ``error`` (the run fails, reason ``OracleRefused``): the query breaks the egress policy — a
+  refused address, a redirect to another host, an answer over the size cap, an invalid URL.
+  Retrying cannot fix these; the Loop must change.
+- ``inconclusive``: the oracle cannot answer now — no answer within ``timeoutSeconds`` (one
+  deadline for the whole query: resolution, connections, every read, retries), connection
+  refused, an HTTP error status, not JSON, value missing. The iteration does not pass, the next
+  one asks again, and the iteration cap bounds it: one monitoring outage does not fail a run.
+
+URLs in reasons and logs are redacted (userinfo, secret-looking parameters); values echoed from
+the answer are clipped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 
-import httpx
-
+from kloop.adapters.egress import EgressGuard, Refused, Unavailable
+from kloop.api.conditions import Reason
 from kloop.api.loop import HttpOracle
+from kloop.core.egress import redact_url
 from kloop.core.model import OracleOutcome
-from kloop.core.oracle import OracleError, extract, passes
+from kloop.core.oracle import OracleError, clip, extract, passes
+
+log = logging.getLogger("kloop.oracles")
 
 ATTEMPTS = 3
 
 
-async def evaluate(oracle: HttpOracle) -> OracleOutcome:
-    """Ask the oracle; transport errors are retried, then reported as an error verdict."""
+def _transient(status: int) -> bool:
+    return status >= 500 or status == 429
+
+
+async def _ask(oracle: HttpOracle, guard: EgressGuard, where: str) -> OracleOutcome:
+    """Up to ATTEMPTS queries; transport errors and 5xx/429 are retried after a short pause."""
     last_error = ""
     for attempt in range(ATTEMPTS):
+        if attempt:
+            await asyncio.sleep(0.5 * attempt)
         try:
-            async with httpx.AsyncClient(timeout=oracle.timeout_seconds) as http:
-                response = await http.request(oracle.method.value, oracle.url, content=oracle.body)
-            response.raise_for_status()
-            value = extract(response.json(), oracle.json_path)
+            answer = await guard.fetch(oracle.method.value, oracle.url, oracle.body)
+        except Refused as err:
+            return OracleOutcome(
+                "error", [f"oracle {where}: {err}"], error_reason=Reason.ORACLE_REFUSED.value
+            )
+        except Unavailable as err:
+            last_error = str(err)
+            continue
+        if _transient(answer.status):
+            last_error = f"HTTP {answer.status}"
+            continue
+        if not 200 <= answer.status < 300:
+            return OracleOutcome("inconclusive", [f"oracle {where}: HTTP {answer.status}"])
+        try:
+            document = json.loads(answer.body)
+        except (ValueError, RecursionError):
+            return OracleOutcome("inconclusive", [f"oracle {where}: the answer is not JSON"])
+        try:
+            value = extract(document, oracle.json_path)
             ok = passes(value, oracle.pass_if)
-            reason = f"{oracle.json_path} = {value!r}; passIf {oracle.pass_if!r}: {ok}"
-            return OracleOutcome("pass" if ok else "fail", [reason], str(value))
         except OracleError as err:
-            return OracleOutcome("inconclusive", [f"oracle {oracle.url}: {err}"])
-        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as err:
-            last_error = f"{type(err).__name__}: {err}"
-            await asyncio.sleep(0.5 * (attempt + 1))
+            return OracleOutcome("inconclusive", [f"oracle {where}: {err}"])
+        shown = clip(repr(value))
+        reason = f"{oracle.json_path} = {shown}; passIf {oracle.pass_if!r}: {ok}"
+        return OracleOutcome("pass" if ok else "fail", [reason], clip(str(value)))
     return OracleOutcome(
-        "inconclusive", [f"oracle {oracle.url} failed {ATTEMPTS} times: {last_error}"]
+        "inconclusive", [f"oracle {where} failed {ATTEMPTS} times: {clip(last_error)}"]
     )
+
+
+async def evaluate(oracle: HttpOracle, guard: EgressGuard) -> OracleOutcome:
+    """Ask the oracle within its ``timeoutSeconds``, all attempts included."""
+    where = redact_url(oracle.url)
+    try:
+        async with asyncio.timeout(oracle.timeout_seconds):
+            outcome = await _ask(oracle, guard, where)
+    except TimeoutError:
+        outcome = OracleOutcome(
+            "inconclusive", [f"oracle {where}: no answer within {oracle.timeout_seconds}s"]
+        )
+    log.info(
+        "oracle answered",
+        extra={"url": where, "verdict": outcome.verdict, "why": "; ".join(outcome.reasons)},
+    )
+    return outcome

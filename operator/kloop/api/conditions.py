@@ -48,6 +48,7 @@ class Reason(StrEnum):
     DEADLINE = "Deadline"
     DRIFT_EXCEEDED = "DriftExceeded"
     CHECKER_FAILED = "CheckerFailed"
+    ORACLE_REFUSED = "OracleRefused"
     ABORTED = "Aborted"
     INVALID_AGENT_OUTPUT = "InvalidAgentOutput"
     CONNECTOR_UNAVAILABLE = "ConnectorUnavailable"

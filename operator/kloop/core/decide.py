@@ -439,7 +439,12 @@ def _collect_checker(
         outcome = p.obs.oracles.get((record.number, name))
         if outcome is None:
             return None
-        return CheckerRecord(name=name, verdict=outcome.verdict, reasons=outcome.reasons)
+        return CheckerRecord(
+            name=name,
+            verdict=outcome.verdict,
+            reasons=outcome.reasons,
+            error_reason=outcome.error_reason,
+        )
     pod_name = names.pod_name(p.obs.name, index, record.cluster, record.number, Role.CHECKER, name)
     pod = _own_pod(p, record.pods, pod_name, f"checker {name!r}")
     if isinstance(pod, PodError):

@@ -43,6 +43,7 @@ class OracleOutcome:
     verdict: str
     reasons: list[str]
     value: str | None = None
+    error_reason: str | None = None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,14 @@ _STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_\-]*)|\[(\d+)\]|\['([^']*)'\]|\[\"([
 _CONDITION = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*(.+?)\s*$")
 
 
+ECHO_LIMIT = 200
+
+
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """At most ``limit`` characters of what a server sent, marked when cut (for reasons)."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
 class OracleError(ValueError):
     """The answer lacks the value, or the condition cannot be applied to it."""
 
@@ -45,7 +53,9 @@ def passes(value: Any, condition: str) -> bool:
         right: float | str = float(operand)
     except (TypeError, ValueError):
         if op not in ("==", "!="):
-            raise OracleError(f"cannot compare {value!r} {op} {operand!r} as numbers") from None
+            raise OracleError(
+                f"cannot compare {clip(repr(value))} {op} {operand!r} as numbers"
+            ) from None
         left, right = str(value), operand.strip("'\"")
     if op == "==":
         return left == right
