@@ -297,3 +297,15 @@ def test_trust_2_retrying_shows_reconciling_then_stalled_with_the_error() -> Non
     stalled = {c.type: c for c in later}["Stalled"]
     assert (stalled.status.value, stalled.reason) == ("True", "RetryingAfterError")
     assert {c.type for c in later} >= {"Ready", "Reconciling", "Stalled"}
+
+
+def test_trust_9_an_old_crd_that_prunes_tracked_pods_is_a_clear_permanent_error() -> None:
+    from kloop.adapters.apply import PermanentWriteError, _check_not_pruned
+
+    written = decide(observe()).status.to_kube()
+    assert written["iterations"][0]["pods"], "the maker is tracked"
+    _check_not_pruned(written, written)  # a current CRD keeps them
+    pruned = json.loads(json.dumps(written))
+    del pruned["iterations"][0]["pods"]
+    with pytest.raises(PermanentWriteError, match="CRD is older than this operator"):
+        _check_not_pruned(written, pruned)

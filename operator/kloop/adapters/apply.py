@@ -90,6 +90,25 @@ async def write_status(kube: Kube, snap: Snapshot, decision: Decision) -> None:
             ) from err
         raise
     snap.run["metadata"]["resourceVersion"] = updated["metadata"]["resourceVersion"]
+    _check_not_pruned(new, updated.get("status") or {})
+
+
+def _tracked(status: Json) -> int:
+    return sum(len(r.get("pods") or []) for r in status.get("iterations") or [])
+
+
+def _check_not_pruned(written: Json, stored: Json) -> None:
+    """Fail loudly when the apiserver dropped the pods kloop tracks: the CRD is too old.
+
+    An older LoopRun CRD prunes fields it does not know; without ``iterations[].pods`` kloop
+    would no longer recognise its own pods and refuse every result as untrusted.
+    """
+    if _tracked(written) and not _tracked(stored):
+        raise PermanentWriteError(
+            Reason.STATUS_REJECTED,
+            "the apiserver dropped status.iterations[].pods: the installed LoopRun CRD is older "
+            "than this operator; apply the CRDs that ship with it (kubectl apply -f crds/)",
+        )
 
 
 async def _create_pod(kube: Kube, snap: Snapshot, action: CreatePod, caches: Caches) -> None:
