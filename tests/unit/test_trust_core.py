@@ -309,3 +309,26 @@ def test_trust_9_an_old_crd_that_prunes_tracked_pods_is_a_clear_permanent_error(
     del pruned["iterations"][0]["pods"]
     with pytest.raises(PermanentWriteError, match="CRD is older than this operator"):
         _check_not_pruned(written, pruned)
+
+
+def test_trust_10_status_fields_with_fixed_values_are_enums_in_the_crd() -> None:
+    from kloop.api.crdgen import build_crds
+
+    status = build_crds()["kloop.dev_loopruns.yaml"]["spec"]["versions"][0]["schema"][
+        "openAPIV3Schema"
+    ]["properties"]["status"]["properties"]
+    iteration = status["iterations"]["items"]["properties"]
+    stage = status["stages"]["items"]["properties"]
+    enums = {
+        "phase": status["phase"],
+        "lastVerdict": status["lastVerdict"],
+        "teardown.state": status["teardown"]["properties"]["state"],
+        "stages.state": stage["state"],
+        "stages.clusters.state": stage["clusters"]["items"]["properties"]["state"],
+        "maker.outcome": iteration["maker"]["properties"]["outcome"],
+        "checkers.verdict": iteration["checkers"]["items"]["properties"]["verdict"],
+        "decision": iteration["decision"],
+    }
+    missing = [name for name, schema in enums.items() if not schema.get("enum")]
+    assert missing == []
+    assert set(iteration["decision"]["enum"]) >= {"iterate", "succeed", "halt", "fail"}
