@@ -32,6 +32,28 @@ async def read_log(kube: Kube, namespace: str, name: str) -> tuple[dict[str, Any
     return log, cm
 
 
+def configmap(namespace: str, name: str, loop: Json, log: dict[str, Any], goal: str) -> Json:
+    """The memory ConfigMap for a log, as written (its data is ``render_data``, nothing else)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {LOOP_LABEL: loop["metadata"]["name"]},
+            "ownerReferences": [
+                {
+                    "apiVersion": loop["apiVersion"],
+                    "kind": loop["kind"],
+                    "name": loop["metadata"]["name"],
+                    "uid": loop["metadata"]["uid"],
+                }
+            ],
+        },
+        "data": render_data(log, loop["metadata"]["name"], goal),
+    }
+
+
 async def append(
     kube: Kube,
     namespace: str,
@@ -59,25 +81,7 @@ async def append(
             log = append_entry(log, entry, keep, max_bytes, loop["metadata"]["name"], goal)
         if cm is not None and log == before:
             return
-        data = render_data(log, loop["metadata"]["name"], goal)
-        body: Json = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": {LOOP_LABEL: loop["metadata"]["name"]},
-                "ownerReferences": [
-                    {
-                        "apiVersion": loop["apiVersion"],
-                        "kind": loop["kind"],
-                        "name": loop["metadata"]["name"],
-                        "uid": loop["metadata"]["uid"],
-                    }
-                ],
-            },
-            "data": data,
-        }
+        body = configmap(namespace, name, loop, log, goal)
         try:
             if cm is None:
                 await kube.call(kube.core.create_namespaced_config_map, namespace, body)
