@@ -1,4 +1,4 @@
-"""Status and memory stay within the API's limits; a run's memory is a fact on the run (issue 14)."""
+"""Status and memory stay within the API's limits; a run's memory is a fact on the run."""
 
 from __future__ import annotations
 
