@@ -1,5 +1,7 @@
-"""A finished run is in memory once, however many runs came after it and however often the
-operator restarts (issue 14, defect 4)."""
+"""Defect 4 of issue 14: a finished run is in memory once, whatever came after it.
+
+However many runs were appended since and however often the operator restarts.
+"""
 
 from __future__ import annotations
 
