@@ -59,8 +59,7 @@ def test_trust_4_a_finished_run_is_not_appended_again_after_the_registry_forgot_
     uid = run["metadata"]["uid"]
     wait_for(
         "the run to record that its iterations are in memory",
-        lambda: get_run(api_client, namespace, "first")["status"].get("memoryRecordedThrough")
-        == 3,
+        lambda: get_run(api_client, namespace, "first")["status"].get("memoryRecordedThrough") == 3,
         timeout=30,
     )
 
