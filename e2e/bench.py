@@ -50,7 +50,8 @@ from e2e.loops import (
 )
 from e2e.operator_process import OperatorProcess
 from kloop.api.loop import LoopSpec
-from kloop.core.decide import MAX_ITERATION_RECORDS, decide
+from kloop.core.decide import decide
+from kloop.core.history import STATUS_ITERATIONS_MAX as MAX_ITERATION_RECORDS
 from kloop.core.model import ObservedRun
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,7 +149,11 @@ def wide_spec() -> LoopSpec:
         {"name": f"c{i}", "template": {"spec": {"containers": [container("check:1", "c")]}}}
         for i in range(WIDE_CHECKERS)
     ]
-    return loop_spec(checkers=checkers, budget={"maxIterations": 1000})
+    return loop_spec(
+        checkers=checkers,
+        budget={"maxIterations": 1000},
+        statusIterations=MAX_ITERATION_RECORDS,
+    )
 
 
 def long_run() -> ObservedRun:

@@ -1,7 +1,9 @@
 """Carry out a Decision: status first (optimistic concurrency), then the actions, in order.
 
-Writing status before side effects means a crash in between only repeats idempotent actions
-(pods and ConfigMaps have deterministic names; memory appends are keyed by iteration).
+Order: status, Events, memory (then a one-field status patch, ``memoryRecordedThrough``), pods,
+oracles, the Loop's columns. Writing status before side effects means a crash in between only
+repeats idempotent actions (pods and ConfigMaps have deterministic names; memory appends are keyed
+by run uid and iteration).
 """
 
 from __future__ import annotations
@@ -203,6 +205,7 @@ async def _delete_pod(kube: Kube, namespace: str, action: DeletePod) -> None:
 
 
 async def _append_memory(kube: Kube, snap: Snapshot, entries: list[Json]) -> None:
+    """Append this run's finished iterations, then record on the run that they are in memory."""
     loop = snap.observed.loop
     if loop.spec is None or snap.loop is None or not entries:
         return
@@ -231,6 +234,35 @@ async def _write_memory(kube: Kube, snap: Snapshot, entries: list[Json]) -> None
         loop.spec.memory.keep_iterations,
         loop.spec.memory.max_bytes,
     )
+    await _record_memory_through(kube, snap, max(int(e["iteration"]) for e in entries))
+
+
+async def _record_memory_through(kube: Kube, snap: Snapshot, through: int) -> None:
+    """Patch ``status.memoryRecordedThrough`` after a successful append.
+
+    A merge patch of one field, so it never fights the status replace. A crash before it is
+    covered by the ConfigMap's registry of recent runs (observe takes the larger of both), and the
+    next pass copies that into status.
+    """
+    meta = snap.run["metadata"]
+    if through <= ((snap.run.get("status") or {}).get("memoryRecordedThrough") or 0):
+        return
+    try:
+        updated = await kube.call(
+            kube.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            meta["namespace"],
+            "loopruns",
+            meta["name"],
+            {"status": {"memoryRecordedThrough": through}},
+        )
+    except Exception as err:
+        if is_status(err, 404):
+            return  # the run was deleted meanwhile
+        raise
+    meta["resourceVersion"] = updated["metadata"]["resourceVersion"]
+    snap.run.setdefault("status", {})["memoryRecordedThrough"] = through
 
 
 def _evaluate_oracle(snap: Snapshot, action: EvaluateOracle, caches: Caches) -> None:

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from kloop.adapters.kube import Json, Kube, is_status
-from kloop.core.memory import LOG_KEY, MEMORY_KEY, append_entry, empty_log, render_markdown
+from kloop.core.memory import LOG_KEY, append_entry, empty_log, render_data
 
 CONFLICT_RETRIES = 5
 LOOP_LABEL = "kloop.dev/loop"
@@ -32,6 +32,28 @@ async def read_log(kube: Kube, namespace: str, name: str) -> tuple[dict[str, Any
     return log, cm
 
 
+def configmap(namespace: str, name: str, loop: Json, log: dict[str, Any], goal: str) -> Json:
+    """The memory ConfigMap for a log, as written (its data is ``render_data``, nothing else)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {LOOP_LABEL: loop["metadata"]["name"]},
+            "ownerReferences": [
+                {
+                    "apiVersion": loop["apiVersion"],
+                    "kind": loop["kind"],
+                    "name": loop["metadata"]["name"],
+                    "uid": loop["metadata"]["uid"],
+                }
+            ],
+        },
+        "data": render_data(log, loop["metadata"]["name"], goal),
+    }
+
+
 async def append(
     kube: Kube,
     namespace: str,
@@ -42,7 +64,11 @@ async def append(
     keep: int,
     max_bytes: int,
 ) -> None:
-    """Append entries (idempotently) and compact; retries when someone else wrote in between."""
+    """Append entries (idempotently) and compact; retries when someone else wrote in between.
+
+    The data written is ``render_data`` of the compacted log: the very bytes compaction measured,
+    so the ConfigMap never exceeds ``max_bytes``. Nothing is written when every entry was there.
+    """
     for _ in range(CONFLICT_RETRIES):
         log, cm = await read_log(kube, namespace, name)
         if (
@@ -50,30 +76,12 @@ async def append(
             and (cm["metadata"].get("labels") or {}).get(LOOP_LABEL) != loop["metadata"]["name"]
         ):
             raise NotOurs(f"ConfigMap {namespace}/{name} is not the memory of this Loop")
+        before = log
         for entry in entries:
             log = append_entry(log, entry, keep, max_bytes, loop["metadata"]["name"], goal)
-        data = {
-            LOG_KEY: json.dumps(log, indent=1),
-            MEMORY_KEY: render_markdown(log, loop["metadata"]["name"], goal),
-        }
-        body: Json = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": {LOOP_LABEL: loop["metadata"]["name"]},
-                "ownerReferences": [
-                    {
-                        "apiVersion": loop["apiVersion"],
-                        "kind": loop["kind"],
-                        "name": loop["metadata"]["name"],
-                        "uid": loop["metadata"]["uid"],
-                    }
-                ],
-            },
-            "data": data,
-        }
+        if cm is not None and log == before:
+            return
+        body = configmap(namespace, name, loop, log, goal)
         try:
             if cm is None:
                 await kube.call(kube.core.create_namespaced_config_map, namespace, body)

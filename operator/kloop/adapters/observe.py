@@ -18,7 +18,7 @@ from kloop.api import GROUP, VERSION
 from kloop.api.loop import LoopSpec
 from kloop.api.looprun import LoopRunSpec, LoopRunStatus
 from kloop.core import names
-from kloop.core.memory import appended_through
+from kloop.core.memory import recorded_through
 from kloop.core.model import ObservedLoop, ObservedPod, ObservedRun, OracleOutcome
 
 CLUSTER_LABEL = "kloop.dev/cluster"
@@ -123,11 +123,16 @@ async def _loop(kube: Kube, namespace: str, name: str) -> tuple[ObservedLoop, Js
 
 
 async def _memory(
-    kube: Kube, namespace: str, loop: ObservedLoop, uid: str
+    kube: Kube, namespace: str, loop: ObservedLoop, uid: str, status: LoopRunStatus
 ) -> tuple[frozenset[int], str | None]:
-    """Iterations of this run already in memory, and why memory is unusable (if it is)."""
+    """Iterations of this run already in memory, and why memory is unusable (if it is).
+
+    The run's status (``memoryRecordedThrough``) and the ConfigMap's registry of recent runs both
+    count: the status holds for any number of later runs, the registry covers a crash between the
+    append and the status patch.
+    """
     if loop.spec is None:
-        return frozenset(), None
+        return frozenset(range(1, (status.memory_recorded_through or 0) + 1)), None
     name = loop.spec.memory_config_map(loop.name)
     log, cm = await memory.read_log(kube, namespace, name)
     if cm is not None and (cm["metadata"].get("labels") or {}).get(memory.LOOP_LABEL) != loop.name:
@@ -136,7 +141,8 @@ async def _memory(
             f"{memory.LOOP_LABEL}={loop.name}); kloop will not overwrite it: set "
             "spec.memory.configMapName to an unused name"
         )
-    return frozenset(range(1, appended_through(log, uid) + 1)), None
+    through = recorded_through(status.memory_recorded_through, log, uid)
+    return frozenset(range(1, through + 1)), None
 
 
 async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snapshot | None:
@@ -161,7 +167,7 @@ async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snap
         for p in pods["items"]
         if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])
     ]
-    remembered, memory_conflict = await _memory(kube, namespace, loop, uid)
+    remembered, memory_conflict = await _memory(kube, namespace, loop, uid, status)
     observed_pods = {p["metadata"]["name"]: observe_pod(p) for p in owned}
     for (run_uid, pod), message in caches.rejected.items():
         if run_uid == uid and pod not in observed_pods:

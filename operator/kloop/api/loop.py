@@ -382,6 +382,10 @@ class LoopSpec(KubeModel):
     """Files the agents work on (validated; the git checkout is not built yet)."""
     connectors: list[Connector] | None = Field(default=None, max_length=16)
     """MCP servers the agents may use (validated; not wired into pods yet)."""
+    status_iterations: int = Field(default=10, ge=1, le=50)
+    """Detailed iteration records a LoopRun keeps in status; older ones are folded into
+    status.earlierIterations (counts and last failures). Records are shortened to fit a fixed
+    byte budget shared by all of them, so fewer records keep more detail each."""
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> LoopSpec:

@@ -191,6 +191,23 @@ class IterationRecord(KubeModel):
     """When the decision was taken."""
     pods: list[TrackedPod] = Field(default_factory=list, max_length=20)
     """Pods requested for this iteration while it is open (cleared when it ends)."""
+    truncated: bool | None = None
+    """Reasons, summary or why were shortened to keep status small (see statusIterations)."""
+
+
+class IterationSummary(KubeModel):
+    """Iterations folded out of ``iterations``: counts and the last failures."""
+
+    iterations: int = 0
+    """How many iterations were folded."""
+    passed: int = 0
+    """Folded iterations whose checkers all passed."""
+    failed: int = 0
+    """Folded iterations that did not pass (iterate, halt or fail)."""
+    last_iteration: int | None = None
+    """The newest folded iteration."""
+    last_failures: list[str] = Field(default_factory=list, max_length=5)
+    """The last folded failures, one shortened line each (newest last)."""
 
 
 class ClusterProgress(KubeModel):
@@ -273,3 +290,8 @@ class LoopRunStatus(KubeModel):
         default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
     )
     """Kopf's bookkeeping, kept in status so it never shows as GitOps drift."""
+    earlier_iterations: IterationSummary | None = None
+    """Iterations older than those kept in ``iterations`` (the Loop's statusIterations)."""
+    memory_recorded_through: int | None = None
+    """The last iteration of this run known to be in the Loop's memory: set after each memory
+    append, so a finished run is never appended again, however many runs came since."""

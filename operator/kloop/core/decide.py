@@ -36,6 +36,7 @@ from kloop.api.looprun import (
 from kloop.core import names
 from kloop.core.assess import PodError, assess_checker, assess_maker, pod_error
 from kloop.core.conditions import summarize
+from kloop.core.history import bound_status
 from kloop.core.memory import memory_entry
 from kloop.core.model import (
     LOCAL_CLUSTER,
@@ -54,7 +55,6 @@ from kloop.core.model import (
 )
 from kloop.core.plan import Limits, StagePlan, build_plan, compute_limits
 
-MAX_ITERATION_RECORDS = 50
 RESYNC_SECONDS = 30.0
 LOOP_MISSING_RETRY_SECONDS = 15.0
 # A pod that has ended needs no timeout to be judged; used when the Loop (and its timeouts) is gone.
@@ -101,6 +101,8 @@ def decide(obs: ObservedRun) -> Decision:
         _loop_unavailable_step(p)
     else:
         _run_steps(p, spec)
+    keep = spec.status_iterations if spec is not None else None
+    bound_status(p.status, keep, p.obs.memory_iterations)  # before memory: entries are bounded too
     _memory_step(p)
     p.status.observed_generation = obs.generation
     summarize(p.status, obs.generation, obs.now, p.stall_reason)
@@ -300,7 +302,7 @@ def _next_iteration(
     record = IterationRecord(
         number=s.iteration, stage=stage.name, cluster=cluster, started_at=_iso(p.obs.now)
     )
-    s.iterations = [*s.iterations, record][-MAX_ITERATION_RECORDS:]
+    s.iterations = [*s.iterations, record]  # bound_status folds the oldest
     progress = _cluster_progress(s, stage, cluster)
     progress.state = StageState.RUNNING
     progress.iterations += 1
@@ -769,6 +771,11 @@ def _memory_step(p: _Pass) -> None:
         return  # never write into a ConfigMap that is not this Loop's memory
     if p.obs.write_rejected is not None and p.obs.write_rejected[0] == Reason.MEMORY_REJECTED:
         return  # the apiserver refuses it for good: the run fails instead of retrying forever
+    # what the ConfigMap says is recorded becomes a fact on the run (covers a crash between the
+    # append and the I/O layer's status patch)
+    through = max(p.obs.memory_iterations, default=0)
+    if through > (p.status.memory_recorded_through or 0):
+        p.status.memory_recorded_through = through
     pending = [
         AppendMemory(memory_entry(p.obs.name, p.obs.uid, record))
         for record in sorted(p.status.iterations, key=lambda r: r.number)
