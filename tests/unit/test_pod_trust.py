@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from kloop.adapters.observe import approver
 from kloop.adapters.pods import render_pod
 from kloop.api.looprun import LoopRunSpec
 from kloop.core.assess import pod_error
@@ -108,3 +109,20 @@ def test_trust_9_a_crash_with_no_message_still_has_a_clear_reason(
     error = pod_error(pod, 60, T0, "maker")
     assert error is not None
     assert error.message == expected
+
+
+def _run(annotations: dict[str, str]) -> dict[str, Any]:
+    managed: dict[str, Any] = {"f:metadata": {"f:annotations": {"f:kloop.dev/approve": {}}}}
+    return {
+        "metadata": {
+            "annotations": annotations,
+            "managedFields": [{"manager": "kubectl-annotate", "fieldsV1": managed}],
+        }
+    }
+
+
+def test_trust_9_the_approver_is_approved_by_not_the_client_chosen_field_manager() -> None:
+    run = _run({"kloop.dev/approve": "prod", "kloop.dev/approved-by": "alice@example.com"})
+    assert approver(run) == "alice@example.com"
+    # no approved-by: the admission policy is not installed, so say the name is unverified
+    assert approver(_run({"kloop.dev/approve": "prod"})) == "kubectl-annotate (unverified)"
