@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from e2e import admission
 
 pytestmark = pytest.mark.unit
