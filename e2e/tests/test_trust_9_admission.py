@@ -10,6 +10,7 @@ simulated with impersonation (``Impersonate-User``; the admin may impersonate).
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,6 @@ from e2e.operator_process import OperatorProcess
 pytestmark = pytest.mark.e2e
 
 Json = dict[str, Any]
-PARAM = "kloop-admission"
 POD_WRITER = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "patch"]}]
 
 
@@ -115,10 +115,10 @@ def bound(
 ) -> Iterator[str]:
     """Bindings of every policy to this namespace only; yields the operator's username."""
     reg = client.AdmissionregistrationV1Api(api_client)
-    core = client.CoreV1Api(api_client)
+    custom = client.CustomObjectsApi(api_client)
     operator = whoami(api_client)
-    param = admission.param_config_map(PARAM, namespace, operator)
-    core.create_namespaced_config_map(namespace, param)
+    param = admission.operator_identity(namespace, operator)
+    custom.create_cluster_custom_object(GROUP, VERSION, "operatoridentities", param)
     names = []
     try:
         for policy in policies:
@@ -132,7 +132,9 @@ def bound(
     finally:
         for name in names:
             _ignore_missing(reg.delete_validating_admission_policy_binding, name)
-        _ignore_missing(core.delete_namespaced_config_map, PARAM, namespace)
+        _ignore_missing(
+            custom.delete_cluster_custom_object, GROUP, VERSION, "operatoridentities", namespace
+        )
 
 
 def _wait_until_effective(api: client.ApiClient, kubeconfig: Path, namespace: str) -> None:
@@ -168,7 +170,7 @@ def _wait_until_effective(api: client.ApiClient, kubeconfig: Path, namespace: st
             and approval.status == 403
         )
 
-    wait_for("the admission bindings to take effect", effective, timeout=30)
+    wait_for("the admission bindings to take effect", effective, timeout=60)
 
 
 def grant(api: client.ApiClient, namespace: str, user: str, rules: list[Json]) -> None:
@@ -281,7 +283,7 @@ def _refused_annotation(api: client.ApiClient, namespace: str, run: str, annotat
     with pytest.raises(client.ApiException) as refused:
         _annotate(api, namespace, run, annotations)
     assert refused.value.status == 403, refused.value
-    return str(refused.value.body)
+    return str(json.loads(refused.value.body)["message"])
 
 
 def test_trust_9_only_an_approver_approves_and_the_run_records_who(
