@@ -8,6 +8,8 @@ import pytest
 import yaml
 from e2e import admission
 
+from kloop.api.crdgen import build_crds
+
 pytestmark = pytest.mark.unit
 
 CHART = Path(admission.ROOT) / "charts" / "kloop"
@@ -33,5 +35,13 @@ def test_trust_9_the_chart_ships_both_policies_from_its_files() -> None:
     assert admission.approver_rules() == [
         {"apiGroups": ["kloop.dev"], "resources": ["loopruns"], "verbs": ["approve"]}
     ]
+    # the parameter is kloop's own cluster-scoped CRD (built-in kinds break: docs/admission.md)
+    pods = next(p for p in admission.policies() if p["metadata"]["name"] == "kloop-agent-pods")
+    identity = build_crds()["kloop.dev_operatoridentities.yaml"]["spec"]
+    assert pods["spec"]["paramKind"] == {
+        "apiVersion": f"{identity['group']}/{identity['versions'][0]['name']}",
+        "kind": identity["names"]["kind"],
+    }
+    assert identity["scope"] == "Cluster"
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["admission"]["enabled"] is True

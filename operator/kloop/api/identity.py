@@ -1,10 +1,10 @@
 """OperatorIdentity: who the kloop operator is, as a parameter of the kloop-agent-pods policy.
 
-A cluster-scoped kind rather than a ConfigMap: the apiserver (up to at least 1.36) stops resolving
-core-type ``paramKind``s for good once a policy is briefly unbound (kubernetes#130887, fix
-pending in kubernetes#141015), and then refuses every agent pod, or checks a stale value, until
-it restarts. Custom-resource parameters are not affected. Cluster scope also means only cluster
-RBAC, not an editor of some namespace, decides who may create agent pods.
+A cluster-scoped kind rather than a ConfigMap: the apiserver (seen on 1.34; reported on 1.36)
+stops resolving core-type ``paramKind``s for good once a policy is briefly unbound
+(kubernetes#130887, fix proposed in kubernetes#141015), then refuses every agent pod, or checks a
+stale value, until it restarts. Custom-resource parameters are not affected. Cluster scope also
+means only cluster RBAC, not an editor of some namespace, decides who may create agent pods.
 """
 
 from __future__ import annotations
