@@ -64,6 +64,15 @@ def policies(api_client: client.ApiClient, kloop_crds: list[str]) -> Iterator[li
             if err.status != 404:
                 raise
             reg.create_validating_admission_policy(policy)
+    for policy in installed:  # the apiserver type-checks each CEL expression against the schemas
+        name = policy["metadata"]["name"]
+
+        def checked(name: str = name) -> client.V1TypeChecking | None:
+            status = reg.read_validating_admission_policy(name).status
+            return status.type_checking if status and status.type_checking else None
+
+        report = wait_for(f"{name} to be type-checked", checked, timeout=30)
+        assert not report.expression_warnings, (name, report.expression_warnings)
     try:
         yield installed
     finally:
