@@ -33,6 +33,9 @@ fmt: $(STAMP) ## Format and autofix
 crds: $(STAMP) ## Regenerate crds/ from the pydantic models
 	$(PY) -m kloop.api.crdgen crds
 
+admission: $(STAMP) ## Regenerate deploy/admission/ from the chart's admission policies
+	$(PY) -m e2e.admission
+
 test: lint ## Lint, then the whole suite: unit, integration (apiserver) and e2e (real pods)
 	$(PY) -m pytest tests e2e
 
@@ -54,4 +57,4 @@ demo: $(STAMP) ## Start the cluster if needed, install CRDs, run the operator an
 bench: $(STAMP) ## Benchmarks; results go to docs/BENCHMARKS.md
 	$(PY) -m e2e.bench
 
-.PHONY: help venv lint fmt crds test test-unit cluster-up cluster-down cluster-status demo bench
+.PHONY: help venv lint fmt crds admission test test-unit cluster-up cluster-down cluster-status demo bench

@@ -134,15 +134,7 @@ async def _create_pod(kube: Kube, snap: Snapshot, action: CreatePod, caches: Cac
         owner,
     )
     try:
-        try:
-            await kube.call(
-                kube.core.create_namespaced_config_map,
-                namespace,
-                render_inputs(action.pod, snap.run, owner),
-            )
-        except Exception as err:
-            if not is_status(err, 409):
-                raise
+        await _write_inputs(kube, namespace, render_inputs(action.pod, snap.run, owner))
         pod = await kube.call(
             kube.core.create_namespaced_pod, namespace, manifest, field_validation="Strict"
         )
@@ -160,6 +152,21 @@ async def _create_pod(kube: Kube, snap: Snapshot, action: CreatePod, caches: Cac
         if not is_status(err, 409):
             raise
         await _adopt_or_reject(kube, snap, action, caches)
+
+
+async def _write_inputs(kube: Kube, namespace: str, inputs: Json) -> None:
+    """Create the pod's inputs ConfigMap, or overwrite one that exists with kloop's content.
+
+    One that exists was written by an earlier attempt of ours, or planted to feed the pod a
+    forged maker.json or feedback.json: either way the pod must read what kloop decided.
+    """
+    try:
+        await kube.call(kube.core.create_namespaced_config_map, namespace, inputs)
+    except Exception as err:
+        if not is_status(err, 409):
+            raise
+        name = inputs["metadata"]["name"]
+        await kube.call(kube.core.replace_namespaced_config_map, name, namespace, inputs)
 
 
 async def _adopt_or_reject(kube: Kube, snap: Snapshot, action: CreatePod, caches: Caches) -> None:

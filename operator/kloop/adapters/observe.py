@@ -82,11 +82,26 @@ def _who_set(obj: Json, annotation: str) -> str:
     return "unknown"
 
 
+def approver(run: Json) -> str:
+    """Who approved: ``kloop.dev/approved-by``, which the admission policy ties to the user.
+
+    With the policy installed (docs/admission.md) the apiserver only stores approved-by equal to
+    the authenticated user who changed kloop.dev/approve, and only if that user may ``approve``.
+    Without approved-by (the policy is not installed) the field manager is all there is: it is
+    chosen by the client, so it is recorded marked ``(unverified)``.
+    """
+    annotations = run["metadata"].get("annotations") or {}
+    who = (annotations.get(names.ANNOTATION_APPROVED_BY) or "").strip()
+    if who:
+        return who
+    return f"{_who_set(run, names.ANNOTATION_APPROVE)} (unverified)"
+
+
 def _approvals(run: Json) -> dict[str, str]:
     value = (run["metadata"].get("annotations") or {}).get(names.ANNOTATION_APPROVE)
     if not value:
         return {}
-    who = _who_set(run, names.ANNOTATION_APPROVE)
+    who = approver(run)
     return {stage.strip(): who for stage in value.split(",") if stage.strip()}
 
 

@@ -57,6 +57,41 @@ def contract_env(
     return [{"name": k, "value": v} for k, v in env.items()]
 
 
+# Capabilities that Kubernetes refuses together with allowPrivilegeEscalation: false.
+_ESCALATING_CAPABILITIES = frozenset({"SYS_ADMIN", "CAP_SYS_ADMIN"})
+
+
+def _harden_container(container: Json) -> None:
+    context: Json = container.get("securityContext") or {}
+    container["securityContext"] = context
+    capabilities = context.get("capabilities") or {}
+    escalates = context.get("privileged") is True or bool(
+        _ESCALATING_CAPABILITIES & set(capabilities.get("add") or [])
+    )
+    if not escalates:  # the apiserver rejects the pair; the template's privilege wins
+        context.setdefault("allowPrivilegeEscalation", False)
+    context.setdefault("capabilities", {"drop": ["ALL"]})
+
+
+def apply_safe_defaults(spec: Json) -> None:
+    """Least privilege unless the template says otherwise (docs/agent-contract.md).
+
+    An agent runs code a model wrote: no API token, no service env vars, the runtime's seccomp
+    profile, no privilege escalation, no capabilities. Each field the template sets explicitly
+    is left as written: that is the opt-out.
+    """
+    spec.setdefault("automountServiceAccountToken", False)
+    spec.setdefault("enableServiceLinks", False)
+    if (spec.get("os") or {}).get("name") == "windows":  # the rest is Linux only
+        return
+    pod_context: Json = spec.get("securityContext") or {}
+    pod_context.setdefault("seccompProfile", {"type": "RuntimeDefault"})
+    spec["securityContext"] = pod_context
+    for key in ("initContainers", "containers"):
+        for container in spec.get(key) or []:
+            _harden_container(container)
+
+
 def render_pod(
     req: PodRequest,
     run: Json,
@@ -107,8 +142,10 @@ def render_pod(
     for container in spec["containers"]:
         container["env"] = [*env, *(container.get("env") or [])]
         container["volumeMounts"] = [*(container.get("volumeMounts") or []), *mounts]
-    # on a crash with no result written, the log tail becomes the message: a reason for humans
-    spec["containers"][0].setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
+    # only the file the agent wrote: a crashed agent's log tail may hold secrets, and it would
+    # spread to status, Events, memory and feedback. A template opts in to the tail explicitly.
+    spec["containers"][0].setdefault("terminationMessagePolicy", "File")
+    apply_safe_defaults(spec)
     spec["volumes"] = [*(spec.get("volumes") or []), *volumes]
     spec["restartPolicy"] = "Never"
     spec.setdefault("activeDeadlineSeconds", timeout)

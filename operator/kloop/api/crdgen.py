@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel
 
 from kloop.api import GROUP, VERSION
+from kloop.api.identity import OperatorIdentitySpec
 from kloop.api.loop import LoopSpec, LoopStatus
 from kloop.api.looprun import LoopRunSpec, LoopRunStatus
 
@@ -106,21 +107,26 @@ def _name_rule(kind: str) -> Schema:
 
 
 def _object_schema(
-    kind: str, spec: type[BaseModel], status: type[BaseModel], description: str
+    kind: str | None, spec: type[BaseModel], status: type[BaseModel] | None, description: str
 ) -> Schema:
-    return {
+    """The object's schema; ``kind`` set when its name labels pods (and is length-checked)."""
+    properties: Schema = {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object"},
+        "spec": openapi_schema(spec),
+    }
+    if status is not None:
+        properties["status"] = openapi_schema(status)
+    schema: Schema = {
         "type": "object",
         "description": description,
         "required": ["spec"],
-        "x-kubernetes-validations": [_name_rule(kind)],
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": openapi_schema(spec),
-            "status": openapi_schema(status),
-        },
+        "properties": properties,
     }
+    if kind is not None:
+        schema["x-kubernetes-validations"] = [_name_rule(kind)]
+    return schema
 
 
 def _crd(
@@ -129,14 +135,16 @@ def _crd(
     short: str,
     schema: Schema,
     columns: list[dict[str, str]],
+    scope: str = "Namespaced",
 ) -> Schema:
+    has_status = "status" in schema["properties"]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {"name": f"{plural}.{GROUP}"},
         "spec": {
             "group": GROUP,
-            "scope": "Namespaced",
+            "scope": scope,
             "names": {
                 "kind": kind,
                 "listKind": f"{kind}List",
@@ -151,7 +159,7 @@ def _crd(
                     "served": True,
                     "storage": True,
                     "schema": {"openAPIV3Schema": schema},
-                    "subresources": {"status": {}},
+                    "subresources": {"status": {}} if has_status else {},
                     "additionalPrinterColumns": columns,
                 }
             ],
@@ -160,7 +168,7 @@ def _crd(
 
 
 def build_crds() -> dict[str, Schema]:
-    """Both CRDs, keyed by file name."""
+    """Every CRD, keyed by file name."""
     loop = _crd(
         "Loop",
         "loops",
@@ -198,7 +206,28 @@ def build_crds() -> dict[str, Schema]:
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
     )
-    return {"kloop.dev_loops.yaml": loop, "kloop.dev_loopruns.yaml": looprun}
+    identity = _crd(
+        "OperatorIdentity",
+        "operatoridentities",
+        "kloopid",
+        _object_schema(
+            None,
+            OperatorIdentitySpec,
+            None,
+            "Who the kloop operator is: the parameter of the kloop-agent-pods admission policy, "
+            "which lets only this user create pods labelled kloop.dev/run (docs/admission.md).",
+        ),
+        [
+            {"name": "Username", "type": "string", "jsonPath": ".spec.username"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+        scope="Cluster",
+    )
+    return {
+        "kloop.dev_loops.yaml": loop,
+        "kloop.dev_loopruns.yaml": looprun,
+        "kloop.dev_operatoridentities.yaml": identity,
+    }
 
 
 def render(crd: Schema) -> str:

@@ -55,8 +55,13 @@ def pod_error(pod: ObservedPod, timeout_seconds: int, now: datetime, who: str) -
             )
         if pod.reason == "Evicted":
             return PodError(Reason.POD_FAILED, f"{who} was evicted: {pod.message or 'no detail'}")
+        # the agent's termination message file (or, opted in, its log tail); often empty on a crash
         tail = (pod.message or "").strip()[-300:]
         detail = f": {tail}" if tail else ""
+        if pod.exit_code is None:  # the container never reported an exit: say what is known
+            return PodError(
+                Reason.POD_FAILED, f"{who} failed ({pod.reason or 'no reason given'}){detail}"
+            )
         return PodError(Reason.POD_FAILED, f"{who} exited with code {pod.exit_code}{detail}")
     if pod.phase in ("Pending", "Running", "Unknown"):
         if pod.reason in STUCK_REASONS:

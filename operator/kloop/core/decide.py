@@ -279,7 +279,8 @@ def _enter_stage(
             s.phase = Phase.AWAITING_APPROVAL
             progress.state = StageState.AWAITING_APPROVAL
             s.message = (
-                f"stage {stage.name!r} awaits approval (annotate kloop.dev/approve={stage.name})"
+                f"stage {stage.name!r} awaits approval (annotate kloop.dev/approve={stage.name} "
+                "and kloop.dev/approved-by=<your username>)"
             )
             p.why = s.message
             p.event(Reason.AWAITING_APPROVAL, s.message)

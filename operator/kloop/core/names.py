@@ -12,6 +12,8 @@ LABEL_STAGE = "kloop.dev/stage"
 LABEL_CLUSTER = "kloop.dev/cluster"
 LABEL_CHECKER = "kloop.dev/checker"
 ANNOTATION_APPROVE = "kloop.dev/approve"
+# the user who set kloop.dev/approve; the admission policy checks it is the requester
+ANNOTATION_APPROVED_BY = "kloop.dev/approved-by"
 ANNOTATION_ABORT = "kloop.dev/abort"
 
 
