@@ -11,6 +11,7 @@ from kloop.api.looprun import LoopRunSpec, LoopRunStatus
 from kloop.core.decide import decide
 from kloop.core.model import (
     CreatePod,
+    ObservedCluster,
     Decision,
     ObservedLoop,
     ObservedPod,
@@ -73,7 +74,7 @@ def observe(
         memory_iterations=memory,
         approvals=approvals or {},
         aborted_by=aborted_by,
-        clusters=clusters or {},
+        clusters={n: ObservedCluster(n, labels) for n, labels in (clusters or {}).items()},
         uid="uid-1",
         memory_conflict=memory_conflict,
         write_rejected=write_rejected,

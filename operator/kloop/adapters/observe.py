@@ -19,7 +19,7 @@ from kloop.api.loop import LoopSpec
 from kloop.api.looprun import LoopRunSpec, LoopRunStatus
 from kloop.core import names
 from kloop.core.memory import recorded_through
-from kloop.core.model import ObservedLoop, ObservedPod, ObservedRun, OracleOutcome
+from kloop.core.model import ObservedCluster, ObservedLoop, ObservedPod, ObservedRun, OracleOutcome
 
 CLUSTER_LABEL = "kloop.dev/cluster"
 OPERATOR_NAMESPACE = os.environ.get("KLOOP_OPERATOR_NAMESPACE", "kloop-system")
@@ -105,7 +105,7 @@ def _approvals(run: Json) -> dict[str, str]:
     return {stage.strip(): who for stage in value.split(",") if stage.strip()}
 
 
-async def _clusters(kube: Kube) -> dict[str, dict[str, str]]:
+async def _clusters(kube: Kube) -> dict[str, ObservedCluster]:
     """Target clusters: Secrets labelled kloop.dev/cluster=true in the operator's namespace."""
     try:
         secrets = await kube.call(
@@ -117,7 +117,12 @@ async def _clusters(kube: Kube) -> dict[str, dict[str, str]]:
         if is_status(err, 403, 404):
             return {}
         raise
-    return {s["metadata"]["name"]: s["metadata"].get("labels") or {} for s in secrets["items"]}
+    return {
+        s["metadata"]["name"]: ObservedCluster(
+            s["metadata"]["name"], s["metadata"].get("labels") or {}
+        )
+        for s in secrets["items"]
+    }
 
 
 async def _loop(kube: Kube, namespace: str, name: str) -> tuple[ObservedLoop, Json | None]:

@@ -200,6 +200,7 @@ def build_crds() -> dict[str, Schema]:
         [
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
             {"name": "Stage", "type": "string", "jsonPath": ".status.stage"},
+            {"name": "Clusters", "type": "string", "jsonPath": ".status.clustersPassed"},
             {"name": "Iteration", "type": "integer", "jsonPath": ".status.iteration"},
             {"name": "Verdict", "type": "string", "jsonPath": ".status.lastVerdict"},
             {"name": "Tokens", "type": "integer", "jsonPath": ".status.usage.tokens"},

@@ -12,6 +12,9 @@ from kloop.api.conditions import Condition
 from kloop.api.cron import CRON_REGEX, is_valid_cron
 from kloop.api.pod import DNS_LABEL, DNS_SUBDOMAIN, PodTemplate
 
+DRIFT_GRADER = "drift"
+"""The name drift verdicts are recorded under, next to the checkers' (reserved)."""
+
 Name = Annotated[str, StringConstraints(max_length=63, pattern=DNS_LABEL)]
 ObjectName = Annotated[str, StringConstraints(max_length=253, pattern=DNS_SUBDOMAIN)]
 
@@ -131,6 +134,20 @@ class LabelSelector(KubeModel):
     """Label expressions a cluster must satisfy."""
 
 
+class DriftAction(StrEnum):
+    """What a stage does when drift exceeds its bound."""
+
+    HALT = "Halt"
+    ITERATE = "Iterate"
+
+
+class FailurePolicy(StrEnum):
+    """What a stage does when one of its clusters fails."""
+
+    HALT = "Halt"
+    CONTINUE = "Continue"
+
+
 class Drift(KubeModel):
     """How much a stage's clusters may differ from the desired manifests."""
 
@@ -157,6 +174,9 @@ class Drift(KubeModel):
     """A ConfigMap whose keys hold the desired manifests."""
     max_drifted_objects: int = Field(default=0, ge=0)
     """A stage passes only with at most this many drifted objects per cluster."""
+    on_exceeded: DriftAction = DriftAction.HALT
+    """Halt: the run halts with DriftExceeded. Iterate: the maker gets the drifted objects in
+    /kloop/feedback.json and tries again (within the stage's iterations)."""
 
 
 class Stage(KubeModel):
@@ -184,7 +204,14 @@ class Stage(KubeModel):
     max_iterations: int | None = Field(default=None, ge=1, le=1000)
     """Iteration cap of this stage; defaults to budget.maxIterations."""
     drift: Drift | None = None
-    """Drift bounds for this stage's clusters (validated; drift is not measured yet)."""
+    """Drift bounds for this stage's clusters, measured by the operator after each maker."""
+    max_parallel: int | None = Field(default=None, ge=1, le=64)
+    """How many clusters of the stage run their inner loops at once (default: all)."""
+    failure_policy: FailurePolicy = FailurePolicy.HALT
+    """Halt: a failed cluster halts the run. Continue: the stage goes on, and passes if at most
+    maxFailedClusters of its clusters failed."""
+    max_failed_clusters: int = Field(default=0, ge=0, le=64)
+    """With failurePolicy Continue, how many clusters may fail before the run halts."""
 
 
 class SkillRef(KubeModel):
@@ -333,6 +360,11 @@ class LoopSpec(KubeModel):
                     ".checkers",
                 ),
                 cel(
+                    "self.checkers.all(c, c.name != 'drift')",
+                    "the checker name 'drift' is reserved for the operator's own drift check",
+                    ".checkers",
+                ),
+                cel(
                     "!has(self.stages) || self.stages.all(s, "
                     "self.stages.exists_one(t, t.name == s.name))",
                     "stage names must be unique",
@@ -406,6 +438,8 @@ class LoopSpec(KubeModel):
         names = [c.name for c in self.checkers]
         if len(set(names)) != len(names):
             raise ValueError("checker names must be unique")
+        if DRIFT_GRADER in names:
+            raise ValueError("the checker name 'drift' is reserved for the operator's drift check")
         if self.stages and len({s.name for s in self.stages}) != len(self.stages):
             raise ValueError("stage names must be unique")
         if self.schedule is not None and not is_valid_cron(self.schedule):

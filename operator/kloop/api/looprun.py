@@ -53,6 +53,7 @@ class Phase(StrEnum):
     PENDING = "Pending"
     RUNNING = "Running"
     AWAITING_APPROVAL = "AwaitingApproval"
+    PAUSED = "Paused"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     HALTED = "Halted"
@@ -72,6 +73,29 @@ class StageState(StrEnum):
     PASSED = "Passed"
     FAILED = "Failed"
     HALTED = "Halted"
+
+
+class TargetState(StrEnum):
+    """Where one cluster of a stage (a target) stands."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    PAUSED = "Paused"
+    PASSED = "Passed"
+    FAILED = "Failed"
+    HALTED = "Halted"
+    UNAVAILABLE = "Unavailable"
+    NOT_ALLOWED = "NotAllowed"
+
+    @property
+    def finished(self) -> bool:
+        """Passed, Failed, Halted, Unavailable and NotAllowed are final for the target."""
+        return self not in (TargetState.PENDING, TargetState.RUNNING, TargetState.PAUSED)
+
+    @property
+    def failed(self) -> bool:
+        """The target did not pass and will not."""
+        return self.finished and self is not TargetState.PASSED
 
 
 class TeardownState(StrEnum):
@@ -106,6 +130,7 @@ class IterationDecision(StrEnum):
 
     ITERATE = "iterate"
     SUCCEED = "succeed"
+    PAUSE = "pause"
     HALT = "halt"
     FAIL = "fail"
 
@@ -211,18 +236,30 @@ class IterationSummary(KubeModel):
 
 
 class ClusterProgress(KubeModel):
-    """One cluster of a stage."""
+    """One cluster of a stage: a target, with its own inner loop."""
 
     name: str
-    """Cluster name."""
-    state: StageState
-    """Pending, Running, Passed, Failed or Halted."""
+    """Cluster name (``local`` is the operator's own cluster)."""
+    state: TargetState
+    """Pending, Running, Paused, Passed, Failed, Halted, Unavailable or NotAllowed."""
     iterations: int = 0
     """Iterations run in this cluster."""
     last_verdict: RecordedVerdict | None = None
     """The last combined verdict."""
     drifted_objects: int | None = None
     """Drifted objects at the last check."""
+    drift_details: list[str] = Field(default_factory=list, max_length=20)
+    """The drifted objects at the last check (the first 20, shortened)."""
+    reason: str | None = None
+    """Why the target ended as it did (e.g. ClusterUnavailable, MaxIterations)."""
+    message: str | None = None
+    """The reason in words."""
+    started_at: str | None = None
+    """When the target's first iteration started."""
+    finished_at: str | None = None
+    """When the target reached a final state."""
+    resumed_by: str | None = None
+    """Who resumed the target after an inconclusive verdict."""
 
 
 class StageProgress(KubeModel):
@@ -232,7 +269,7 @@ class StageProgress(KubeModel):
     """Stage name."""
     state: StageState
     """Pending, Running, AwaitingApproval, Passed, Failed or Halted."""
-    clusters: list[ClusterProgress] = Field(default_factory=list)
+    clusters: list[ClusterProgress] = Field(default_factory=list, max_length=64)
     """Per-cluster progress."""
     approved_by: str | None = None
     """Who approved the stage."""
@@ -292,6 +329,8 @@ class LoopRunStatus(KubeModel):
     """Kopf's bookkeeping, kept in status so it never shows as GitOps drift."""
     earlier_iterations: IterationSummary | None = None
     """Iterations older than those kept in ``iterations`` (the Loop's statusIterations)."""
+    clusters_passed: str | None = None
+    """Clusters of the current stage that passed, of all its clusters (e.g. ``2/3``)."""
     memory_recorded_through: int | None = None
     """The last iteration of this run known to be in the Loop's memory: set after each memory
     append, so a finished run is never appended again, however many runs came since."""

@@ -153,7 +153,7 @@ def _run_steps(p: _Pass, spec: LoopSpec) -> None:
         _halt(p, spec, Phase.FAILED, Reason.MEMORY_CONFLICT, p.obs.memory_conflict)
         return
     limits = compute_limits(spec, p.obs.spec.budget)
-    plan = build_plan(spec, limits, {LOCAL_CLUSTER: {}, **p.obs.clusters})
+    plan = build_plan(spec, limits, p.obs.clusters)
     starting = p.status.phase in (None, Phase.PENDING)
     if starting or (p.status.phase is Phase.RUNNING and not p.status.iterations):
         _start(p, spec, limits, plan)

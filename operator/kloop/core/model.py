@@ -46,6 +46,38 @@ class OracleOutcome:
     error_reason: str | None = None
 
 
+class ClusterState(StrEnum):
+    """Whether a run may use a cluster, as the I/O layer found it."""
+
+    READY = "Ready"
+    NOT_ALLOWED = "NotAllowed"
+    UNAVAILABLE = "Unavailable"
+
+
+@dataclass(frozen=True)
+class ObservedCluster:
+    """A target cluster: its labels (for selectors) and whether this run may use it now.
+
+    ``NotAllowed``: its Secret's ``kloop.dev/allowed-namespaces`` does not name the run's
+    namespace. ``Unavailable``: unreadable kubeconfig, unreachable apiserver (``message`` says
+    which). A cluster a stage names that has no Secret at all is simply absent.
+    """
+
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    state: ClusterState = ClusterState.READY
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class DriftOutcome:
+    """What the operator measured in one target: drifted objects (names), or why it could not."""
+
+    objects: int
+    details: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
 @dataclass(frozen=True)
 class ObservedLoop:
     """The Loop a run executes; ``spec`` is None when it is missing or invalid (see ``problem``)."""
@@ -70,7 +102,7 @@ class ObservedRun:
     pods: dict[str, ObservedPod] = field(default_factory=dict)
     oracles: dict[tuple[int, str], OracleOutcome] = field(default_factory=dict)
     memory_iterations: frozenset[int] = frozenset()
-    clusters: dict[str, dict[str, str]] = field(default_factory=dict)
+    clusters: dict[str, ObservedCluster] = field(default_factory=dict)
     approvals: dict[str, str] = field(default_factory=dict)
     aborted_by: str | None = None
     uid: str = ""
@@ -79,6 +111,10 @@ class ObservedRun:
     """Pods this operator process created, by name, with the uid the apiserver gave them."""
     write_rejected: tuple[str, str] | None = None
     """A write of this run's that the apiserver refused for good: (reason, message)."""
+    drift: dict[tuple[int, str], DriftOutcome] = field(default_factory=dict)
+    """Drift measured for (iteration, cluster)."""
+    resumes: dict[int, str] = field(default_factory=dict)
+    """Paused iterations a human resumed (``kloop.dev/resume``), with who resumed them."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +169,16 @@ class RecordEvent:
     message: str
 
 
-Action = CreatePod | DeletePod | EvaluateOracle | AppendMemory | RecordEvent
+@dataclass(frozen=True)
+class MeasureDrift:
+    """Measure drift of a stage's desired objects in one target cluster, for an iteration."""
+
+    iteration: int
+    stage: str
+    cluster: str
+
+
+Action = CreatePod | DeletePod | EvaluateOracle | MeasureDrift | AppendMemory | RecordEvent
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ ANNOTATION_APPROVE = "kloop.dev/approve"
 # the user who set kloop.dev/approve; the admission policy checks it is the requester
 ANNOTATION_APPROVED_BY = "kloop.dev/approved-by"
 ANNOTATION_ABORT = "kloop.dev/abort"
+ANNOTATION_RESUME = "kloop.dev/resume"
 
 
 def pod_name(

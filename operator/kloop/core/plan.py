@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kloop.api.loop import LabelSelector, LoopSpec
+from kloop.api.loop import Drift, FailurePolicy, LabelSelector, LoopSpec
 from kloop.api.looprun import BudgetOverride
-from kloop.core.model import IMPLICIT_STAGE, LOCAL_CLUSTER
+from kloop.core.model import IMPLICIT_STAGE, LOCAL_CLUSTER, ClusterState, ObservedCluster
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,20 @@ class StagePlan:
     clusters: tuple[str, ...]
     max_iterations: int
     require_approval: bool
+    max_parallel: int | None = None
+    failure_policy: FailurePolicy = FailurePolicy.HALT
+    max_failed_clusters: int = 0
+    drift: Drift | None = None
+
+    @property
+    def parallel(self) -> int:
+        """How many of its clusters may run their inner loops at once."""
+        return self.max_parallel or len(self.clusters) or 1
+
+    @property
+    def failures_allowed(self) -> int:
+        """How many of its clusters may fail without halting the run."""
+        return self.max_failed_clusters if self.failure_policy is FailurePolicy.CONTINUE else 0
 
 
 @dataclass(frozen=True)
@@ -71,9 +85,14 @@ def _selects(selector: LabelSelector, labels: dict[str, str]) -> bool:
 
 
 def build_plan(
-    loop: LoopSpec, limits: Limits, clusters: dict[str, dict[str, str]]
+    loop: LoopSpec, limits: Limits, clusters: dict[str, ObservedCluster]
 ) -> list[StagePlan]:
-    """Stages in order with their clusters (selectors resolved against the known clusters)."""
+    """Stages in order with their clusters.
+
+    A selector chooses among the clusters this run's namespace may use; a cluster named
+    explicitly is kept even when it is missing, unavailable or not allowed, so the run says so
+    for that target instead of quietly skipping it. ``local`` needs no Secret.
+    """
     if not loop.stages:
         return [StagePlan(0, IMPLICIT_STAGE, (LOCAL_CLUSTER,), limits.max_iterations, False)]
     plan = []
@@ -84,7 +103,11 @@ def build_plan(
             assert stage.cluster_selector is not None
             names = tuple(
                 sorted(
-                    n for n, labels in clusters.items() if _selects(stage.cluster_selector, labels)
+                    c.name
+                    for c in clusters.values()
+                    if c.state is not ClusterState.NOT_ALLOWED
+                    and c.name != LOCAL_CLUSTER
+                    and _selects(stage.cluster_selector, c.labels)
                 )
             )
         plan.append(
@@ -94,6 +117,10 @@ def build_plan(
                 names,
                 min(stage.max_iterations or limits.max_iterations, limits.max_iterations),
                 stage.require_approval,
+                stage.max_parallel,
+                stage.failure_policy,
+                stage.max_failed_clusters,
+                stage.drift,
             )
         )
     return plan
