@@ -260,6 +260,9 @@ class ClusterProgress(KubeModel):
     """When the target reached a final state."""
     resumed_by: str | None = None
     """Who resumed the target after an inconclusive verdict."""
+    token_expires_at: str | None = None
+    """When the short-lived token minted for this target's latest agent pod expires (never the
+    token itself)."""
 
 
 class StageProgress(KubeModel):

@@ -113,6 +113,8 @@ class ObservedRun:
     """A write of this run's that the apiserver refused for good: (reason, message)."""
     drift: dict[tuple[int, str], DriftOutcome] = field(default_factory=dict)
     """Drift measured for (iteration, cluster)."""
+    token_expiry: dict[str, str] = field(default_factory=dict)
+    """For each target cluster, when the token minted for its latest agent pod expires."""
     resumes: dict[int, str] = field(default_factory=dict)
     """Paused iterations a human resumed (``kloop.dev/resume``), with who resumed them."""
 
