@@ -308,14 +308,17 @@ def test_stages_run_in_order_and_wait_for_approval() -> None:
     d = sim.step()
     assert d.status.phase is Phase.RUNNING
     assert d.status.stages[1].approved_by == "alice"
-    assert created(d) == ["r-s1-p1-i2-maker"]
+    assert created(d) == ["r-s1-p1-i2-maker", "r-s1-p2-i3-maker"], "both clusters at once"
+    assert d.status.clusters_passed == "0/2"
     sim.finish("r-s1-p1-i2-maker", maker_ok())
     d = sim.finish("r-s1-p1-i2-check-tests", verdict("pass"))
-    assert created(d) == ["r-s1-p2-i3-maker"], "the next cluster of the stage"
+    assert d.status.phase is Phase.RUNNING, "p2 still runs"
+    assert d.status.clusters_passed == "1/2"
     sim.finish("r-s1-p2-i3-maker", maker_ok())
     d = sim.finish("r-s1-p2-i3-check-tests", verdict("pass"))
     assert d.status.phase is Phase.SUCCEEDED
     assert [s.state for s in d.status.stages] == ["Passed", "Passed"]
+    assert d.status.clusters_passed == "2/2"
 
 
 def test_stage_selecting_no_cluster_fails_clearly() -> None:

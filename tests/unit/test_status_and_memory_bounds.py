@@ -130,7 +130,7 @@ def test_trust_3_status_folds_only_iterations_already_in_memory() -> None:
         2,
         2,
     )
-    bound_status(status, 1, remembered={1, 2, 3, 4, 5})
+    bound_status(status, 1, remembered={1, 2, 3, 4, 5}, protected={5})
     assert [r.number for r in status.iterations] == [5, 6], "5 feeds iteration 6: kept"
 
 

@@ -22,6 +22,7 @@ class ConditionType(StrEnum):
     BUDGET_EXHAUSTED = "BudgetExhausted"
     AWAITING_APPROVAL = "AwaitingApproval"
     DRIFT_DETECTED = "DriftDetected"
+    PAUSED = "Paused"
 
 
 class Reason(StrEnum):
@@ -35,6 +36,13 @@ class Reason(StrEnum):
     CHECKS_FAILED = "ChecksFailed"
     SUCCEEDED = "Succeeded"
     TEARING_DOWN = "TearingDown"
+    INCONCLUSIVE = "Inconclusive"
+    DRIFT_DETECTED = "DriftDetected"
+    RESUMED = "Resumed"
+    STAGE_PASSED = "StagePassed"
+    CLUSTER_FAILED = "ClusterFailed"
+    CLUSTER_UNAVAILABLE = "ClusterUnavailable"
+    CLUSTER_NOT_ALLOWED = "ClusterNotAllowed"
     LOOP_NOT_FOUND = "LoopNotFound"
     INVALID_LOOP = "InvalidLoop"
     LOOP_CHANGED = "LoopChanged"

@@ -34,6 +34,9 @@ def _desired(
         reason = s.halt_reason or Reason.CHECKER_FAILED.value
         wanted[ConditionType.READY] = (F, reason, message)
         wanted[ConditionType.STALLED] = (T, reason, message)
+    elif s.phase is Phase.PAUSED:
+        wanted[ConditionType.READY] = (F, Reason.INCONCLUSIVE, message)
+        wanted[ConditionType.PAUSED] = (T, Reason.INCONCLUSIVE, message)
     elif s.phase is Phase.AWAITING_APPROVAL:
         wanted[ConditionType.READY] = (F, Reason.AWAITING_APPROVAL, message)
         wanted[ConditionType.AWAITING_APPROVAL] = (T, Reason.AWAITING_APPROVAL, message)
@@ -46,6 +49,20 @@ def _desired(
             wanted[ConditionType.STALLED] = (T, stall_reason, message)
     if tearing_down:
         wanted[ConditionType.RECONCILING] = (T, Reason.TEARING_DOWN, "teardown pod running")
+    drifted = [
+        f"{c.name}: {c.drifted_objects}"
+        for st in s.stages
+        for c in st.clusters
+        if c.drifted_objects
+    ]
+    if drifted:
+        wanted[ConditionType.DRIFT_DETECTED] = (
+            T,
+            Reason.DRIFT_EXCEEDED
+            if s.halt_reason == Reason.DRIFT_EXCEEDED
+            else Reason.DRIFT_DETECTED,
+            f"drifted objects by cluster: {', '.join(drifted)}",
+        )
     if s.halt_reason in BUDGET_REASONS:
         wanted[ConditionType.BUDGET_EXHAUSTED] = (T, s.halt_reason or "", message)
     return wanted

@@ -102,29 +102,44 @@ def _fold(summary: IterationSummary, record: IterationRecord) -> None:
     summary.last_failures = [*summary.last_failures, line][-FAILURES_KEPT:]
 
 
-def bound_status(status: LoopRunStatus, keep: int | None, remembered: Collection[int]) -> None:
-    """Fit every record to its budget and fold the oldest beyond ``keep`` into the summary.
+def bound_status(
+    status: LoopRunStatus,
+    keep: int | None,
+    remembered: Collection[int],
+    protected: Collection[int] = (),
+) -> None:
+    """Fold the oldest records beyond ``keep`` into the summary, then fit each to its budget.
 
     ``keep`` None (no usable Loop) only enforces the hard cap. A record is folded when it is in
-    memory (``remembered``) and is not the feedback source of the current iteration; beyond
-    ``STATUS_ITERATIONS_MAX`` the oldest is folded regardless.
+    memory (``remembered``), is decided, and is not ``protected`` (the records targets still
+    running read their feedback from); beyond ``STATUS_ITERATIONS_MAX`` the oldest is folded
+    regardless. The byte budget is shared by the records that remain.
     """
-    if keep is not None:
-        budget = record_budget(keep)
-        for record in status.iterations:
-            fit_record(record, budget)
     records = status.iterations
     limit = STATUS_ITERATIONS_MAX if keep is None else keep
-    while records and (
-        len(records) > STATUS_ITERATIONS_MAX
-        or (
-            len(records) > limit
-            and records[0].number in remembered
-            and records[0].number < status.iteration - 1
+
+    def foldable(record: IterationRecord) -> bool:
+        return (
+            record.decision is not None
+            and record.number in remembered
+            and record.number not in protected
         )
+
+    while len(records) > STATUS_ITERATIONS_MAX or (
+        len(records) > limit and any(foldable(r) for r in records)
     ):
+        oldest = (
+            records[0]
+            if len(records) > STATUS_ITERATIONS_MAX
+            else next(r for r in records if foldable(r))
+        )
+        records.remove(oldest)
         status.earlier_iterations = status.earlier_iterations or IterationSummary()
-        _fold(status.earlier_iterations, records.pop(0))
+        _fold(status.earlier_iterations, oldest)
+    if keep is not None:
+        budget = RECORDS_BYTES // max(min(keep + SLACK, STATUS_ITERATIONS_MAX), len(records), 1)
+        for record in records:
+            fit_record(record, budget)
     if status.message is not None:
         status.message = truncate(status.message, MESSAGE_CHARS)
     if status.teardown is not None and status.teardown.message is not None:
