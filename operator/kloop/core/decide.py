@@ -128,6 +128,12 @@ def _loop_unavailable_step(p: _Pass) -> None:
     """No usable Loop: wait for it before the run starts; halt a run that had started."""
     reason = Reason.LOOP_NOT_FOUND if p.obs.loop.uid is None else Reason.INVALID_LOOP
     problem = p.obs.loop.problem or f"Loop {p.obs.loop.name!r} not found"
+    if p.obs.aborted_by is not None:  # a run waiting for its Loop can still be aborted
+        record = p.open_record
+        if record is not None:
+            _collect(p, None, record)
+        _halt(p, None, Phase.HALTED, Reason.ABORTED, f"aborted by {p.obs.aborted_by}")
+        return
     if p.status.phase in (Phase.RUNNING, Phase.AWAITING_APPROVAL):
         record = p.open_record
         if record is not None:
@@ -346,7 +352,7 @@ def _own_pod(p: _Pass, tracked: list[TrackedPod], name: str, who: str) -> Observ
             )
         return ObservedPod(name, "Absent")
     if pod is None:
-        if entry.uid:
+        if entry.uid or p.obs.created.get(name):
             return PodError(
                 Reason.POD_LOST,
                 f"{who} pod {name} disappeared before its result was recorded "
@@ -423,7 +429,7 @@ def _record_maker(
     p.status.usage.tokens += result.tokens
     p.status.usage.cost_usd = round(p.status.usage.cost_usd + result.cost_usd, 6)
     if result.outcome == Outcome.ERROR:
-        if pod is not None and pod.phase in LIVE_PHASES and not pod.deleting:
+        if pod is not None and _is_live(pod):
             p.actions.append(DeletePod(name, result.summary))
         p.event(_reason(result.error_reason, Reason.MAKER_ERROR), result.summary, True)
     else:
@@ -462,7 +468,7 @@ def _collect_checker(
         if pod.created_at is not None:
             p.wake_in.append(timeout - (p.obs.now - pod.created_at).total_seconds() + 1)
         return None
-    if verdict.verdict == RecordedVerdict.ERROR and pod.phase in LIVE_PHASES and not pod.deleting:
+    if verdict.verdict == RecordedVerdict.ERROR and _is_live(pod):
         p.actions.append(DeletePod(pod_name, verdict.reasons[0]))
     return verdict
 
@@ -510,6 +516,8 @@ def _checkers_step(
     missing = [c for c in spec.checkers if c.name not in recorded]
     if not missing:
         return True
+    if any(c.verdict == RecordedVerdict.ERROR for c in record.checkers):
+        return True  # one checker errored: decide now, the others are stopped with the run
     requested = {t.name for t in record.pods}
     to_create = [
         c
@@ -691,10 +699,15 @@ def _finish(p: _Pass, spec: LoopSpec | None, phase: Phase, reason: Reason, messa
         s.teardown = TeardownProgress(state=TeardownState.SKIPPED, message=why)
         s.finished_at = _iso(p.obs.now)
         return
+    name = names.teardown_pod_name(p.obs.name)
+    if name in p.obs.pods:  # there before kloop asked for it: planted, never trusted
+        message = f"teardown pod {name} existed before kloop asked for it: not trusted, not run"
+        s.teardown = TeardownProgress(state=TeardownState.FAILED, pod=name, message=message)
+        s.finished_at = _iso(p.obs.now)
+        p.event(Reason.UNTRUSTED_POD, message, warning=True)
+        return
     s.teardown = TeardownProgress(
-        state=TeardownState.RUNNING,
-        pod=names.teardown_pod_name(p.obs.name),
-        requested_at=_iso(p.obs.now),
+        state=TeardownState.RUNNING, pod=name, requested_at=_iso(p.obs.now)
     )
     _teardown_step(p, spec)
 
@@ -704,7 +717,7 @@ def _delete_live_pods(p: _Pass, why: str) -> None:
     already = {a.name for a in p.actions if isinstance(a, DeletePod)}
     teardown = names.teardown_pod_name(p.obs.name)
     for name, pod in sorted(p.obs.pods.items()):
-        live = pod.phase in LIVE_PHASES and not pod.deleting
+        live = _is_live(pod)
         if live and name != teardown and name not in already:
             p.actions.append(DeletePod(name, why))
 
@@ -724,7 +737,7 @@ def _teardown_step(p: _Pass, spec: LoopSpec | None) -> None:
         s.teardown = TeardownProgress(state=TeardownState.FAILED, pod=name, message=message)
         s.finished_at = _iso(p.obs.now)
         leftover = p.obs.pods.get(name)
-        if leftover is not None and leftover.phase in LIVE_PHASES and not leftover.deleting:
+        if leftover is not None and _is_live(leftover):
             p.actions.append(DeletePod(name, message))
         p.event(Reason.TEARDOWN_FAILED, message, warning=True)
         return
@@ -757,7 +770,7 @@ def _teardown_step(p: _Pass, spec: LoopSpec | None) -> None:
         s.teardown = TeardownProgress(
             state=TeardownState.FAILED, pod=name, message=error.message, uid=s.teardown.uid
         )
-        live = isinstance(pod, ObservedPod) and pod.phase in LIVE_PHASES and not pod.deleting
+        live = isinstance(pod, ObservedPod) and _is_live(pod)
         if live:
             p.actions.append(DeletePod(name, error.message))
         p.event(error.reason, error.message, warning=True)
@@ -786,6 +799,11 @@ def _memory_step(p: _Pass) -> None:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _is_live(pod: ObservedPod) -> bool:
+    """Still running (or about to), and nobody has asked for its deletion yet."""
+    return pod.phase in LIVE_PHASES and not pod.deleting
 
 
 def _reason(value: str | None, default: Reason) -> Reason:
