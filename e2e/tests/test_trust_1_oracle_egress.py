@@ -236,10 +236,31 @@ def test_trust_1_hostile_oracle_ends_in_time_with_a_clear_reason(
     assert rss.peak < RSS_LIMIT_KB, f"operator RSS peaked at {rss.peak // 1024} MB"
 
 
+@pytest.mark.parametrize("slow_teardown", [False, True], ids=["no-teardown", "slow-teardown"])
 def test_trust_1_abort_halts_a_run_while_its_oracle_dribbles(
-    api_client: client.ApiClient, namespace: str, operator: OperatorProcess, hostile: Hostile
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    hostile: Hostile,
+    slow_teardown: bool,
 ) -> None:
-    create_loop(api_client, namespace, oracle_loop(f"{hostile.url}/drip", 120))
+    loop = oracle_loop(f"{hostile.url}/drip", 120)
+    if slow_teardown:  # the run is over but still tearing down: its query must stop anyway
+        loop["spec"]["teardown"] = {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "cleanup",
+                            "image": "kloop.local/busybox:1.0",
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": ["sh", "-c", "sleep 30"],
+                        }
+                    ]
+                }
+            }
+        }
+    create_loop(api_client, namespace, loop)
     start_run(api_client, namespace, "greeting", "slow")
     wait_for("the oracle is queried", lambda: hostile.hits.first("/drip"), 120)
     time.sleep(2 * DRIP_SECONDS)  # in flight, bytes trickling
@@ -251,8 +272,13 @@ def test_trust_1_abort_halts_a_run_while_its_oracle_dribbles(
         "slow",
         {"metadata": {"annotations": {"kloop.dev/abort": "yes"}}},
     )
-    status = wait_finished(api_client, namespace, "slow", timeout=10)["status"]
-    assert (status["phase"], status.get("haltReason")) == ("Halted", "Aborted"), status
+
+    def halted() -> Json | None:
+        status: Json = get_run(api_client, namespace, "slow").get("status") or {}
+        return status if status.get("phase") == "Halted" else None
+
+    status = wait_for("the run halts", halted, timeout=10)
+    assert status.get("haltReason") == "Aborted", status
     # the run is over, so its query is cancelled: the server sees the connection close
     wait_for("the operator hangs up", lambda: hostile.hits.first("hangup:/drip"), 4 * DRIP_SECONDS)
 

@@ -134,6 +134,8 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str, uid: str)
                 "actions": ",".join(type(a).__name__ for a in decision.actions),
             },
         )
+        if decision.status.phase is not None and decision.status.phase.finished:
+            caches.cancel_queries(uid)  # no verdict is needed any more, even while tearing down
         if decision.done:
             caches.forget(uid)
             return

@@ -180,3 +180,22 @@ def test_trust_1_a_refused_oracle_fails_the_run_with_its_reason() -> None:
     assert d.status.phase is Phase.FAILED
     assert d.status.halt_reason == "OracleRefused"
     assert why in (d.status.message or "")
+
+
+@pytest.mark.parametrize(
+    ("address", "carried"),
+    [
+        ("fd00:ec2::254", "fd00:ec2::254"),
+        ("64:ff9b::a9fe:a9fe", "169.254.169.254"),
+        ("::127.0.0.1", "127.0.0.1"),
+    ],
+)
+def test_trust_1_metadata_and_loopback_in_other_ipv6_forms_are_refused(
+    address: str, carried: str
+) -> None:
+    import ipaddress
+
+    from kloop.core.egress import refusal
+
+    why = refusal(ipaddress.ip_address(address))
+    assert why is not None and why.startswith(carried)

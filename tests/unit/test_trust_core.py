@@ -17,6 +17,7 @@ from tests.unit.builders import (
     T0,
     Simulation,
     checker_pod,
+    container,
     created,
     loop_spec,
     maker_ok,
@@ -332,3 +333,47 @@ def test_trust_10_status_fields_with_fixed_values_are_enums_in_the_crd() -> None
     missing = [name for name, schema in enums.items() if not schema.get("enum")]
     assert missing == []
     assert set(iteration["decision"]["enum"]) >= {"iterate", "succeed", "halt", "fail"}
+
+
+def test_trust_9_a_teardown_pod_planted_before_the_run_ends_is_not_trusted() -> None:
+    sim = Simulation(with_teardown(budget={"maxIterations": 1}))
+    sim.step()
+    sim.finish(maker_pod(1), maker_ok())
+    sim.pods["r-teardown"] = succeeded("r-teardown", "")  # planted while the checker runs
+    d = sim.finish(checker_pod(1), verdict("fail", "x"))
+    assert d.status.teardown is not None and d.status.teardown.state == "Failed"
+    assert "not trusted" in (d.status.teardown.message or "")
+    assert created(d) == []
+    assert any(isinstance(a, RecordEvent) and a.reason == "UntrustedPod" for a in d.actions)
+
+
+def test_trust_8_a_pod_gone_before_kloop_looked_again_is_lost_not_recreated() -> None:
+    start = decide(observe())  # asks for the maker; the create call returned a uid
+    d = decide(observe(start.status, created={maker_pod(1): "uid-of-the-created-pod"}))
+    assert created(d) == [], "the pod kloop created is gone: not a silent second run"
+    assert (d.status.phase, d.status.halt_reason) == (Phase.FAILED, "PodLost")
+
+
+def test_trust_7_a_run_waiting_for_its_loop_can_be_aborted() -> None:
+    waiting = decide(observe(loop_missing=True))
+    assert waiting.status.phase is Phase.PENDING
+    d = decide(observe(waiting.status, loop_missing=True, aborted_by="bob"))
+    assert (d.status.phase, d.status.halt_reason) == (Phase.HALTED, "Aborted")
+    assert d.done
+
+
+def test_trust_2_a_lost_checker_fails_the_run_without_waiting_for_the_others() -> None:
+    two = loop_spec(
+        checkers=[
+            {"name": "tests", "template": {"spec": {"containers": [container("c:1", "c")]}}},
+            {"name": "slow", "template": {"spec": {"containers": [container("s:1", "s")]}}},
+        ]
+    )
+    sim = Simulation(two)
+    sim.step()
+    sim.finish(maker_pod(1), maker_ok())
+    sim.step()  # both checker pods seen
+    del sim.pods[checker_pod(1)]
+    d = sim.step()
+    assert (d.status.phase, d.status.halt_reason) == (Phase.FAILED, "PodLost")
+    assert any(isinstance(a, DeletePod) and a.name == checker_pod(1, "slow") for a in d.actions)

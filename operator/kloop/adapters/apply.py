@@ -85,11 +85,7 @@ async def write_status(kube: Kube, snap: Snapshot, decision: Decision) -> None:
         if is_status(err, 409):
             raise Conflict(str(err)) from err
         if is_permanent(err):
-            raise PermanentWriteError(
-                Reason.STATUS_REJECTED,
-                f"the apiserver refused the run's status ({getattr(err, 'status', '?')}): "
-                f"{api_message(err)}"[:1000],
-            ) from err
+            raise _refused(Reason.STATUS_REJECTED, "the run's status", err) from err
         raise
     snap.run["metadata"]["resourceVersion"] = updated["metadata"]["resourceVersion"]
     _check_not_pruned(new, updated.get("status") or {})
@@ -220,12 +216,22 @@ async def _append_memory(kube: Kube, snap: Snapshot, entries: list[Json]) -> Non
         await _write_memory(kube, snap, entries)
     except Exception as err:
         if is_permanent(err):
-            raise PermanentWriteError(
-                Reason.MEMORY_REJECTED,
-                f"the apiserver refused the memory ConfigMap ({getattr(err, 'status', '?')}): "
-                f"{api_message(err)}"[:1000],
-            ) from err
+            raise _refused(Reason.MEMORY_REJECTED, "the memory ConfigMap", err) from err
         raise
+    try:
+        await _record_memory_through(kube, snap, max(int(e["iteration"]) for e in entries))
+    except Exception as err:
+        if is_permanent(err):
+            raise _refused(Reason.STATUS_REJECTED, "the run's memoryRecordedThrough", err) from err
+        raise
+
+
+def _refused(reason: Reason, what: str, err: BaseException) -> PermanentWriteError:
+    """A write refused for good, in the apiserver's words."""
+    return PermanentWriteError(
+        reason,
+        f"the apiserver refused {what} ({getattr(err, 'status', '?')}): {api_message(err)}"[:1000],
+    )
 
 
 async def _write_memory(kube: Kube, snap: Snapshot, entries: list[Json]) -> None:
@@ -241,7 +247,6 @@ async def _write_memory(kube: Kube, snap: Snapshot, entries: list[Json]) -> None
         loop.spec.memory.keep_iterations,
         loop.spec.memory.max_bytes,
     )
-    await _record_memory_through(kube, snap, max(int(e["iteration"]) for e in entries))
 
 
 async def _record_memory_through(kube: Kube, snap: Snapshot, through: int) -> None:

@@ -51,6 +51,11 @@ class Caches:
     egress: EgressGuard = field(default_factory=EgressGuard)
     wake: Callable[[str, str], None] = _nobody
 
+    def cancel_queries(self, uid: str) -> None:
+        """Cancel a run's oracle queries still in flight (the run has ended)."""
+        for key in [k for k in self.pending if k[0] == uid]:
+            self.pending.pop(key).cancel()
+
     def forget(self, uid: str) -> None:
         """Drop what belongs to a finished or deleted run, and cancel its oracle queries."""
         self.oracles = {k: v for k, v in self.oracles.items() if k[0] != uid}

@@ -56,7 +56,7 @@ class HttpOracle(KubeModel):
     pass_if: str = Field(min_length=2, max_length=256, pattern=r"^\s*(<=|>=|==|!=|<|>)\s*\S.*$")
     """Pass condition on the value: an operator and an operand, e.g. ``< 0.01`` or ``== ok``."""
     timeout_seconds: int = Field(default=30, ge=1, le=600)
-    """Request timeout."""
+    """One deadline for the whole query: resolution, connection, every read and retries."""
 
 
 class Checker(KubeModel):

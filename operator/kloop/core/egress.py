@@ -26,7 +26,11 @@ REFUSED: tuple[tuple[IPNetwork, str], ...] = (
     (ipaddress.IPv6Network("fe80::/10"), "link-local"),
     (ipaddress.IPv4Network("0.0.0.0/8"), "unspecified"),
     (ipaddress.IPv6Network("::/128"), "unspecified"),
+    # AWS's instance metadata service over IPv6 is a unique-local address, not link-local
+    (ipaddress.IPv6Network("fd00:ec2::254/128"), "cloud metadata"),
 )
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 
 REDACTED = "REDACTED"
 # query parameter names that usually carry a credential (matched anywhere in the name)
@@ -44,9 +48,17 @@ def parse_cidr(value: str) -> IPNetwork:
 
 
 def _plain(address: IPAddress) -> IPAddress:
-    """An IPv4-mapped IPv6 address (``::ffff:127.0.0.1``) is judged as the IPv4 it carries."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+    """An IPv6 address that carries an IPv4 one is judged as that IPv4 address.
+
+    IPv4-mapped (``::ffff:127.0.0.1``), NAT64 (``64:ff9b::a9fe:a9fe`` is 169.254.169.254
+    through a NAT64 gateway) and the deprecated IPv4-compatible form (``::127.0.0.1``).
+    """
+    if not isinstance(address, ipaddress.IPv6Address):
+        return address
+    if address.ipv4_mapped is not None:
         return address.ipv4_mapped
+    if address in NAT64 or (address in IPV4_COMPATIBLE and int(address) > 1):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return address
 
 
