@@ -11,6 +11,7 @@ import base64
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
@@ -35,6 +36,12 @@ class TargetCluster(NamedTuple):
         """The kubeconfig the Secret holds (server on the bridge address)."""
         return base64.b64decode(self.secret["data"]["kubeconfig"]).decode()
 
+    @property
+    def server(self) -> str:
+        """The apiserver URL in that kubeconfig."""
+        doc = yaml.safe_load(self.kubeconfig_text)
+        return str(doc["clusters"][0]["cluster"]["server"])
+
 
 def add_target_cluster(
     name: str,
@@ -49,14 +56,14 @@ def add_target_cluster(
     return TargetCluster(added.kubeconfig, secret)
 
 
-def api_client(target: TargetCluster) -> client.ApiClient:
+def target_client(target: TargetCluster) -> client.ApiClient:
     """A Python Kubernetes client for the target cluster."""
     return config.new_client_from_config(config_file=str(target.kubeconfig))
 
 
 def ensure_service_account(target: TargetCluster, namespace: str, name: str) -> None:
     """Create the namespace and ServiceAccount in the target (no controller-manager does)."""
-    core = client.CoreV1Api(api_client(target))
+    core = client.CoreV1Api(target_client(target))
     try:
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     except ApiException as err:
