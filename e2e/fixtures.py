@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from e2e.cluster import local
+from e2e.cluster import extra, local
 from e2e.crds import install_crds
+from e2e.fleet import FLEET, TargetCluster, add_target_cluster
 from e2e.operator_process import OperatorProcess
 
 
@@ -72,7 +73,26 @@ def extra_cluster(cluster: Path) -> Path:
     """A second apiserver on the same etcd under its own prefix (local harness only)."""
     if using_external_cluster():
         pytest.skip("extra apiservers need the local harness (KLOOP_TEST_KUBECONFIG is set)")
-    return local.add_cluster("b")
+    return extra.add_cluster("b").kubeconfig
+
+
+@pytest.fixture(scope="session")
+def fleet(cluster: Path) -> Iterator[dict[str, TargetCluster]]:
+    """Three extra clusters (fleet-a, fleet-b, fleet-c) reachable from pods, by name.
+
+    The ones this session started are stopped at the end unless ``KLOOP_KEEP_CLUSTER=1``.
+    """
+    if using_external_cluster():
+        pytest.skip("the fleet needs the local harness (KLOOP_TEST_KUBECONFIG is set)")
+    running_before = {name for name in FLEET if extra.is_running(name)}
+    targets = {name: add_target_cluster(name) for name in FLEET}
+    try:
+        yield targets
+    finally:
+        if os.environ.get("KLOOP_KEEP_CLUSTER") != "1":
+            for name in FLEET:
+                if name not in running_before:
+                    extra.remove_cluster(name)
 
 
 @pytest.fixture(scope="session")

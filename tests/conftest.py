@@ -1,3 +1,11 @@
-from e2e.fixtures import api_client, cluster, extra_cluster, kloop_crds, namespace, operator
+from e2e.fixtures import (
+    api_client,
+    cluster,
+    extra_cluster,
+    fleet,
+    kloop_crds,
+    namespace,
+    operator,
+)
 
-__all__ = ["api_client", "cluster", "extra_cluster", "kloop_crds", "namespace", "operator"]
+__all__ = ["api_client", "cluster", "extra_cluster", "fleet", "kloop_crds", "namespace", "operator"]

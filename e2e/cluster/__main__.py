@@ -1,11 +1,11 @@
-"""CLI: ``python -m e2e.cluster up|down|status|kubeconfig|add-cluster NAME|build|images``."""
+"""CLI: ``python -m e2e.cluster up|down|status|kubeconfig|add-cluster|remove-cluster|...``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from e2e.cluster import build, images, local
+from e2e.cluster import build, extra, images, kit, local
 from e2e.cluster.paths import ADMIN_KUBECONFIG
 
 
@@ -18,8 +18,20 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("kubeconfig", help="print the admin kubeconfig path")
     sub.add_parser("build", help="only build (or find cached) binaries")
     sub.add_parser("images", help="build the test images as tarballs (e.g. for `kind load`)")
-    extra = sub.add_parser("add-cluster", help="start another apiserver on its own etcd prefix")
-    extra.add_argument("name")
+    add = sub.add_parser(
+        "add-cluster",
+        help="start an extra cluster (apiserver on the bridge address, own etcd prefix) and "
+        "write its kloop cluster Secret manifest",
+    )
+    add.add_argument("name")
+    add.add_argument(
+        "--allowed-namespaces", help="annotation kloop.dev/allowed-namespaces (names or globs)"
+    )
+    add.add_argument(
+        "--agent-service-account", help="annotation kloop.dev/agent-service-account (ns/name)"
+    )
+    remove = sub.add_parser("remove-cluster", help="stop an extra cluster's apiserver")
+    remove.add_argument("name")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -40,8 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "images":
             print(images.build_pause_image(build.kubernetes_module_dir()))
             print(images.build_busybox_image())
+            print(kit.build_kit_image())
         elif args.command == "add-cluster":
-            print(local.add_cluster(args.name))
+            added = extra.add_cluster(
+                args.name, args.allowed_namespaces, args.agent_service_account
+            )
+            print(f"kubeconfig: {added.kubeconfig}")
+            print(f"secret manifest: {added.secret_manifest}")
+        elif args.command == "remove-cluster":
+            extra.remove_cluster(args.name)
     except local.ClusterError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -58,7 +58,13 @@ def write_docker_archive(
     out: Path, ref: str, entries: list[LayerFile], entrypoint: list[str], cmd: list[str]
 ) -> Path:
     """Write a single-layer docker-archive tarball that ``ctr images import`` accepts."""
-    layer = _layer_tar(entries)
+    return write_docker_archive_layer(out, ref, _layer_tar(entries), entrypoint, cmd)
+
+
+def write_docker_archive_layer(
+    out: Path, ref: str, layer: bytes, entrypoint: list[str], cmd: list[str]
+) -> Path:
+    """Wrap one ready-made layer tar as a docker-archive tarball named ``ref``."""
     layer_digest = hashlib.sha256(layer).hexdigest()
     config = {
         "architecture": "amd64",
@@ -91,7 +97,8 @@ def write_docker_archive(
     return out
 
 
-def _base_files() -> list[LayerFile]:
+def base_files() -> list[LayerFile]:
+    """The few files every image needs: passwd, group, hosts and the usual directories."""
     return [
         LayerFile("etc", mode=0o755),
         LayerFile(
@@ -132,11 +139,16 @@ def build_pause_image(kubernetes_src: Path) -> Path:
     return write_docker_archive(out, PAUSE_IMAGE, entries, ["/pause"], [])
 
 
-def _busybox_entries() -> list[LayerFile]:
-    applets = subprocess.run(
+def busybox_applets() -> list[str]:
+    """Every applet path busybox-static installs (``bin/sh``, ``usr/bin/env``, ...)."""
+    return subprocess.run(
         [str(BUSYBOX_BINARY), "--list-full"], check=True, capture_output=True, text=True
     ).stdout.split()
-    entries = _base_files() + [
+
+
+def _busybox_entries() -> list[LayerFile]:
+    applets = busybox_applets()
+    entries = base_files() + [
         LayerFile("bin", mode=0o755),
         LayerFile("sbin", mode=0o755),
         LayerFile("usr", mode=0o755),

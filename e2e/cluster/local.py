@@ -15,9 +15,10 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from e2e.cluster import build, images, pki, processes
+from e2e.cluster import build, images, kit, pki, processes
 from e2e.cluster.paths import ADMIN_KUBECONFIG, CACHE_ROOT, LOGS, PKI, STATE_ROOT, kubectl
 
 ETCD_CLIENT = "http://127.0.0.1:2379"
@@ -32,6 +33,7 @@ KUBELET_ROOT = STATE_ROOT / "kubelet"
 CLUSTERS_DIR = STATE_ROOT / "clusters"
 EXTRA_CLUSTER_FIRST_PORT = 6444
 LAST_LOGS = CACHE_ROOT / "last-cluster-logs"
+IMPORTED = STATE_ROOT / "images-imported"
 
 DEBIAN_NEEDS = {
     "containerd": "/usr/bin/containerd",
@@ -43,6 +45,7 @@ DEBIAN_NEEDS = {
     "openssl": "/usr/bin/openssl",
     "gcc": "/usr/bin/gcc",
     "libc6-dev": "/usr/lib/x86_64-linux-gnu/libc.a",
+    "mmdebstrap": "/usr/bin/mmdebstrap",
 }
 
 
@@ -78,7 +81,7 @@ def ensure_debian_packages() -> None:
     )
 
 
-def _wait(what: str, check: Callable[[], bool], timeout: float, log: str) -> None:
+def wait_ready(what: str, check: Callable[[], bool], timeout: float, log: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -140,7 +143,7 @@ def _start_etcd(etcd_bin: Path) -> None:
         ],
     )
     etcdctl = str(etcd_bin / "etcdctl")
-    _wait(
+    wait_ready(
         "etcd",
         lambda: (
             subprocess.run(
@@ -153,7 +156,30 @@ def _start_etcd(etcd_bin: Path) -> None:
     )
 
 
-def _apiserver_argv(k8s_bin: Path, port: int, prefix: str, bind: str) -> list[str]:
+@dataclass(frozen=True)
+class ApiserverIdentity:
+    """What tells one apiserver from another: serving certificate and token issuer and keys."""
+
+    tls_cert: Path
+    tls_key: Path
+    sa_public_key: Path
+    sa_signing_key: Path
+    issuer: str
+
+
+MAIN_IDENTITY = ApiserverIdentity(
+    tls_cert=PKI / "apiserver.crt",
+    tls_key=PKI / "apiserver.key",
+    sa_public_key=PKI / "sa.pub",
+    sa_signing_key=PKI / "sa.key",
+    issuer="https://kubernetes.default.svc",
+)
+
+
+def apiserver_argv(
+    k8s_bin: Path, port: int, prefix: str, bind: str, ident: ApiserverIdentity = MAIN_IDENTITY
+) -> list[str]:
+    """The kube-apiserver command line; every cluster of the harness shares etcd and the CA."""
     return [
         str(k8s_bin / "kube-apiserver"),
         f"--etcd-servers={ETCD_CLIENT}",
@@ -161,12 +187,12 @@ def _apiserver_argv(k8s_bin: Path, port: int, prefix: str, bind: str) -> list[st
         f"--bind-address={bind}",
         f"--secure-port={port}",
         f"--advertise-address={pki.NODE_IP}",
-        f"--tls-cert-file={PKI / 'apiserver.crt'}",
-        f"--tls-private-key-file={PKI / 'apiserver.key'}",
+        f"--tls-cert-file={ident.tls_cert}",
+        f"--tls-private-key-file={ident.tls_key}",
         f"--client-ca-file={PKI / 'ca.crt'}",
-        "--service-account-issuer=https://kubernetes.default.svc",
-        f"--service-account-key-file={PKI / 'sa.pub'}",
-        f"--service-account-signing-key-file={PKI / 'sa.key'}",
+        f"--service-account-issuer={ident.issuer}",
+        f"--service-account-key-file={ident.sa_public_key}",
+        f"--service-account-signing-key-file={ident.sa_signing_key}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--authorization-mode=Node,RBAC",
         "--enable-admission-plugins=NodeRestriction",
@@ -179,14 +205,20 @@ def _apiserver_argv(k8s_bin: Path, port: int, prefix: str, bind: str) -> list[st
     ]
 
 
-def _start_apiserver(k8s_bin: Path, name: str, port: int, prefix: str, bind: str) -> Path:
-    kubeconfig = pki.write_kubeconfig(
-        CLUSTERS_DIR / f"{name}.kubeconfig", PKI, "admin", f"https://127.0.0.1:{port}"
-    )
+def start_apiserver(name: str, argv: list[str], kubeconfig: Path) -> Path:
+    """Start the apiserver ``name`` unless it runs; wait until ``kubeconfig`` reaches it ready."""
     if not processes.running(name):
-        processes.start(name, _apiserver_argv(k8s_bin, port, prefix, bind))
-    _wait(name, lambda: _kubectl_ok(kubeconfig, "get", "--raw", "/readyz"), 90, name)
+        processes.start(name, argv)
+    wait_ready(name, lambda: _kubectl_ok(kubeconfig, "get", "--raw", "/readyz"), 90, name)
     return kubeconfig
+
+
+def _start_main_apiserver(k8s_bin: Path) -> Path:
+    kubeconfig = pki.write_kubeconfig(
+        CLUSTERS_DIR / "kube-apiserver.kubeconfig", PKI, "admin", f"https://127.0.0.1:{API_PORT}"
+    )
+    argv = apiserver_argv(k8s_bin, API_PORT, "/registry", "127.0.0.1")
+    return start_apiserver("kube-apiserver", argv, kubeconfig)
 
 
 def _component_kubeconfigs() -> dict[str, Path]:
@@ -296,7 +328,7 @@ def _start_containerd() -> None:
     config.write_text(_containerd_config())
     if not processes.running("containerd"):
         processes.start("containerd", ["containerd", "--config", str(config)])
-    _wait(
+    wait_ready(
         "containerd",
         lambda: (
             subprocess.run(
@@ -370,6 +402,28 @@ def _default_service_account() -> bool:
     return _kubectl_ok(ADMIN_KUBECONFIG, "get", "serviceaccount", "default", "-n", "default")
 
 
+def _build_images(kubernetes_src: Path) -> list[Path]:
+    """The node's image tarballs, built when missing (cached under ~/.cache/kloop/images)."""
+    say(f"local images: pause, busybox, {kit.kit_image()}")
+    return [
+        images.build_pause_image(kubernetes_src),
+        images.build_busybox_image(),
+        kit.build_kit_image(say),
+    ]
+
+
+def _import_images(tarballs: list[Path]) -> None:
+    """Import into the node's containerd each tarball not imported yet (a rebuilt one again)."""
+    done = set(IMPORTED.read_text().split()) if IMPORTED.exists() else set()
+    for tar in tarballs:
+        if tar.name in done:
+            continue
+        say(f"importing {tar.name}")
+        images.import_image(str(CONTAINERD_SOCKET), tar)
+        done.add(tar.name)
+    IMPORTED.write_text("\n".join(sorted(done)) + "\n")
+
+
 def any_running() -> bool:
     """Whether any component of a local cluster runs (so somebody may be using it)."""
     return any(processes.running(name) for name in processes.started_names())
@@ -394,6 +448,8 @@ def up() -> Path:
     """Bring the whole cluster up (building what is missing); return the admin kubeconfig."""
     started = time.monotonic()
     if is_up():
+        ensure_debian_packages()
+        _import_images(_build_images(build.kubernetes_module_dir()))
         say(f"already up; KUBECONFIG={ADMIN_KUBECONFIG}")
         return ADMIN_KUBECONFIG
     if STATE_ROOT.exists() and not any_running():
@@ -404,49 +460,27 @@ def up() -> Path:
     ensure_debian_packages()
     etcd_bin = build.build_etcd()
     k8s_bin = build.build_kubernetes()
-    say("building local images (pause, busybox)")
-    pause_tar = images.build_pause_image(build.kubernetes_module_dir())
-    busybox_tar = images.build_busybox_image()
+    tarballs = _build_images(build.kubernetes_module_dir())
     say(f"certificates in {PKI}")
     pki.ensure_pki(PKI)
     _ensure_bridge()
     say("starting etcd")
     _start_etcd(etcd_bin)
     say("starting kube-apiserver")
-    admin = _start_apiserver(k8s_bin, "kube-apiserver", API_PORT, "/registry", "127.0.0.1")
+    admin = _start_main_apiserver(k8s_bin)
     shutil.copy2(admin, ADMIN_KUBECONFIG)
     kubeconfigs = _component_kubeconfigs()
     say("starting kube-controller-manager and kube-scheduler")
     _start_control_plane(k8s_bin, kubeconfigs)
     say("starting containerd and importing images")
     _start_containerd()
-    for tar in (pause_tar, busybox_tar):
-        images.import_image(str(CONTAINERD_SOCKET), tar)
+    _import_images(tarballs)
     say("starting kubelet")
     _start_kubelet(k8s_bin, kubeconfigs["kubelet"])
-    _wait("node Ready", _node_ready, 120, "kubelet")
-    _wait("default ServiceAccount", _default_service_account, 60, "kube-controller-manager")
+    wait_ready("node Ready", _node_ready, 120, "kubelet")
+    wait_ready("default ServiceAccount", _default_service_account, 60, "kube-controller-manager")
     say(f"cluster up in {time.monotonic() - started:.0f}s; KUBECONFIG={ADMIN_KUBECONFIG}")
     return ADMIN_KUBECONFIG
-
-
-def add_cluster(name: str) -> Path:
-    """Start another apiserver on the same etcd under its own prefix: a separate "cluster"."""
-    if not processes.running("etcd"):
-        raise ClusterError("the local cluster is not up: run `python -m e2e.cluster up` first")
-    existing = sorted(CLUSTERS_DIR.glob("extra-*.port")) if CLUSTERS_DIR.exists() else []
-    port_file = CLUSTERS_DIR / f"extra-{name}.port"
-    if port_file.exists():
-        port = int(port_file.read_text())
-    else:
-        used = {int(p.read_text()) for p in existing}
-        port = next(p for p in range(EXTRA_CLUSTER_FIRST_PORT, 6500) if p not in used)
-        CLUSTERS_DIR.mkdir(parents=True, exist_ok=True)
-        port_file.write_text(str(port))
-    say(f"starting extra apiserver {name!r} on port {port} (etcd prefix /cluster-{name})")
-    return _start_apiserver(
-        build.build_kubernetes(), f"apiserver-{name}", port, f"/cluster-{name}", "127.0.0.1"
-    )
 
 
 def _kill_pod_processes() -> None:

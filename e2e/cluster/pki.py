@@ -78,65 +78,83 @@ def ensure_pki(pki: Path) -> None:
             "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
             cwd=pki,
         )
-    if not (pki / "sa.key").exists():
-        _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
-        _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+    ensure_service_account_keys(pki)
     for leaf in leaves():
-        if (pki / f"{leaf.name}.crt").exists():
-            continue
-        ext = [
-            "basicConstraints=CA:FALSE",
-            "keyUsage=critical,digitalSignature,keyEncipherment",
-            f"extendedKeyUsage={leaf.usage}",
-        ]
-        if leaf.sans:
-            ext.append(f"subjectAltName={leaf.sans}")
-        (pki / f"{leaf.name}.ext").write_text("\n".join(ext) + "\n")
-        _openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            f"{leaf.name}.key",
-            "-out",
-            f"{leaf.name}.csr",
-            "-subj",
-            leaf.subject,
-            cwd=pki,
-        )
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{leaf.name}.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "3650",
-            "-out",
-            f"{leaf.name}.crt",
-            "-extfile",
-            f"{leaf.name}.ext",
-            cwd=pki,
-        )
+        issue_leaf(pki, leaf)
+
+
+def ensure_service_account_keys(directory: Path) -> None:
+    """An RSA key pair for signing (and checking) ServiceAccount tokens, unless present."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if not (directory / "sa.key").exists():
+        _openssl("genrsa", "-out", "sa.key", "2048", cwd=directory)
+        _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=directory)
+
+
+def issue_leaf(pki: Path, leaf: Leaf, out_dir: Path | None = None) -> Path:
+    """Sign ``leaf`` with the CA in ``pki``, writing ``<name>.crt``/``.key`` to ``out_dir``.
+
+    An existing certificate is kept, so a running component's files never change under it.
+    """
+    out = out_dir or pki
+    out.mkdir(parents=True, exist_ok=True)
+    crt = out / f"{leaf.name}.crt"
+    if crt.exists():
+        return crt
+    ext = [
+        "basicConstraints=CA:FALSE",
+        "keyUsage=critical,digitalSignature,keyEncipherment",
+        f"extendedKeyUsage={leaf.usage}",
+    ]
+    if leaf.sans:
+        ext.append(f"subjectAltName={leaf.sans}")
+    (out / f"{leaf.name}.ext").write_text("\n".join(ext) + "\n")
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        f"{leaf.name}.key",
+        "-out",
+        f"{leaf.name}.csr",
+        "-subj",
+        leaf.subject,
+        cwd=out,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{leaf.name}.csr",
+        "-CA",
+        str(pki / "ca.crt"),
+        "-CAkey",
+        str(pki / "ca.key"),
+        "-CAcreateserial",
+        "-CAserial",
+        str(pki / "ca.srl"),
+        "-days",
+        "3650",
+        "-out",
+        f"{leaf.name}.crt",
+        "-extfile",
+        f"{leaf.name}.ext",
+        cwd=out,
+    )
+    return crt
 
 
 def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
-def write_kubeconfig(path: Path, pki: Path, user: str, server: str) -> Path:
-    """Write a self-contained kubeconfig (certificates embedded) for one client certificate."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        f"""apiVersion: v1
+def kubeconfig_text(pki: Path, user: str, server: str, cluster: str = "kloop-local") -> str:
+    """A self-contained kubeconfig (certificates embedded) for one client certificate."""
+    return f"""apiVersion: v1
 kind: Config
 clusters:
-- name: kloop-local
+- name: {cluster}
   cluster:
     server: {server}
     certificate-authority-data: {_b64(pki / "ca.crt")}
@@ -146,10 +164,17 @@ users:
     client-certificate-data: {_b64(pki / f"{user}.crt")}
     client-key-data: {_b64(pki / f"{user}.key")}
 contexts:
-- name: kloop-local
-  context: {{cluster: kloop-local, user: {user}}}
-current-context: kloop-local
+- name: {cluster}
+  context: {{cluster: {cluster}, user: {user}}}
+current-context: {cluster}
 """
-    )
+
+
+def write_kubeconfig(
+    path: Path, pki: Path, user: str, server: str, cluster: str = "kloop-local"
+) -> Path:
+    """Write :func:`kubeconfig_text` to ``path``, readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(kubeconfig_text(pki, user, server, cluster))
     path.chmod(0o600)
     return path

@@ -38,10 +38,22 @@ def _pid_of(name: str) -> tuple[int, str] | None:
 
 
 def _cmdline(pid: int) -> str:
+    return " ".join(cmdline(pid))
+
+
+def cmdline(pid: int) -> list[str]:
+    """The argv of a live process (empty when it is gone)."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return ""
+        return []
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1]]
+
+
+def pid_of(name: str) -> int | None:
+    """The pid recorded for the daemon started as ``name`` (alive or not)."""
+    found = _pid_of(name)
+    return found[0] if found else None
 
 
 def _is_zombie(pid: int) -> bool:
