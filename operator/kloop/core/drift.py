@@ -87,6 +87,7 @@ class ObjectDrift:
 
     @property
     def drifted(self) -> bool:
+        """Whether it counts against ``maxDriftedObjects``."""
         return self.missing or bool(self.fields)
 
 
@@ -133,9 +134,7 @@ def check_desired(objects: list[Any]) -> list[dict[str, Any]]:
             and isinstance(meta.get("name"), str)
             and meta["name"]
         ):
-            raise ManifestError(
-                f"desired object {number} needs apiVersion, kind and metadata.name"
-            )
+            raise ManifestError(f"desired object {number} needs apiVersion, kind and metadata.name")
         size = len(json.dumps(obj, default=str))
         if size > MAX_OBJECT_BYTES:
             raise ManifestError(f"{object_ref(obj)} is {size} bytes; at most {MAX_OBJECT_BYTES}")
@@ -290,11 +289,7 @@ def _select(node: Any, selector: str) -> Any:
         key, _, raw = part.partition("=")
         wanted[key] = _json_or_text(raw)
     return next(
-        (
-            i
-            for i in node
-            if isinstance(i, dict) and all(i.get(k) == v for k, v in wanted.items())
-        ),
+        (i for i in node if isinstance(i, dict) and all(i.get(k) == v for k, v in wanted.items())),
         MISSING,
     )
 
@@ -310,7 +305,10 @@ def conflict_fields(
     desired: dict[str, Any], live: dict[str, Any], conflicts: list[tuple[str, str]]
 ) -> list[FieldDrift]:
     """The fields another manager owns with a value other than the manifest's."""
-    return [FieldDrift(path, resolve(live, path), resolve(desired, path), owner) for path, owner in conflicts]
+    return [
+        FieldDrift(path, resolve(live, path), resolve(desired, path), owner)
+        for path, owner in conflicts
+    ]
 
 
 # --- outcome --------------------------------------------------------------------------------
