@@ -199,6 +199,50 @@ def test_forbidden_reads_are_an_error(api_client: client.ApiClient, namespace: s
     assert outcome.error is not None and "cannot read it (403)" in outcome.error
 
 
+def test_secret_values_are_hidden(api_client: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(api_client)
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "creds"}, "stringData": {"token": "s3cr3t-live"}}
+    )
+    desired = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "creds", "namespace": namespace},
+        "stringData": {"token": "s3cr3t-wanted"},
+    }
+    outcome = measure(api_client, [desired])
+    assert outcome.objects == 1
+    assert outcome.details == [f"Secret {namespace}/creds: data.token differs (value hidden)"]
+
+
+@pytest.mark.parametrize(
+    ("obj", "error"),
+    [
+        (
+            configmap("kube-system", "extension-apiserver-authentication", {}),
+            "in the local cluster drift is measured only in the run's namespace",
+        ),
+        (
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}},
+            "Namespace kube-system: cluster-scoped objects are not measured in the local cluster",
+        ),
+    ],
+)
+def test_in_the_local_cluster_only_the_runs_namespace_is_looked_into(
+    api_client: client.ApiClient, namespace: str, obj: dict[str, Any], error: str
+) -> None:
+    """The operator's identity reads more than a tenant may: no peeking through drift."""
+    kube = Kube(api_client)
+    assert asyncio.run(drift.measure(kube, [obj])).error is None  # unconfined: measured
+    confined = asyncio.run(drift.measure(kube, [obj], confine_to=namespace))
+    assert confined.objects == 0
+    assert confined.error is not None and error in confined.error
+    # an object without a namespace is looked for in the run's namespace
+    server_side_apply(api_client, configmap(namespace, "mine", {"a": "b"}))
+    mine = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "mine"}, "data": {}}
+    assert asyncio.run(drift.measure(kube, [mine], confine_to=namespace)) == DriftOutcome(0, [])
+
+
 def test_desired_objects_load_from_a_configmap_of_yaml_documents(
     api_client: client.ApiClient, namespace: str
 ) -> None:
@@ -256,11 +300,15 @@ def snapshot(namespace: str, drift_spec: dict[str, Any], clusters: list[str]) ->
 def test_measure_drift_runs_in_the_background_in_the_named_cluster_and_wakes_the_run(
     api_client: client.ApiClient, namespace: str, extra_cluster: Path
 ) -> None:
-    """The same desired object: in sync in cluster b, missing in local, unknown cluster errs."""
+    """The same desired object: in sync in cluster b, missing in local, unknown cluster errs.
+
+    It names no namespace: ``default`` in cluster b, the run's namespace in the local cluster.
+    """
     other = config.new_client_from_config(config_file=str(extra_cluster))
     name = f"drift-{uuid.uuid4().hex[:8]}"
+    server_side_apply(other, configmap("default", name, {"mode": "y"}))
     desired = configmap("default", name, {"mode": "y"})
-    server_side_apply(other, desired)
+    del desired["metadata"]["namespace"]
     woken: list[tuple[str, str]] = []
 
     async def target_client(cluster: str) -> Kube:
@@ -288,7 +336,7 @@ def test_measure_drift_runs_in_the_background_in_the_named_cluster_and_wakes_the
         client.CoreV1Api(other).delete_namespaced_config_map(name, "default")
     outcomes = {cluster: o for (_, _, cluster), o in caches.drift.items()}
     assert outcomes["b"] == DriftOutcome(0, [])
-    assert outcomes["local"] == DriftOutcome(1, [f"ConfigMap default/{name}: missing"])
+    assert outcomes["local"] == DriftOutcome(1, [f"ConfigMap {namespace}/{name}: missing"])
     assert outcomes["gone"].objects == 0
     assert outcomes["gone"].error == "no client for the target: no cluster 'gone'"
     assert woken == [(namespace, "run")] * 3

@@ -150,6 +150,26 @@ def test_conflicts_name_the_field_the_manager_and_both_values() -> None:
     )
 
 
+def test_secret_values_never_appear_in_details() -> None:
+    fields = [FieldDrift("data.token", "czNjcjN0", "bmV3", "kubectl-edit")]
+    hidden = drift.hide_secrets("Secret", fields)
+    assert drift.hide_secrets("ConfigMap", fields) == fields
+    outcome = drift.summarize([ObjectDrift("Secret a/creds", fields=hidden)])
+    assert outcome.details == [
+        "Secret a/creds: data.token differs (value hidden) (set by kubectl-edit)"
+    ]
+
+
+def test_a_secrets_string_data_is_compared_as_the_data_it_becomes() -> None:
+    desired = {"kind": "Secret", "metadata": {"name": "s"}, "stringData": {"token": "new"}}
+    would_be = {"kind": "Secret", "metadata": {"name": "s"}, "data": {"token": "bmV3"}}
+    current = {"kind": "Secret", "metadata": {"name": "s"}, "data": {"token": "b2xk"}}
+    assert drift.drifted_fields(desired, would_be, current) == [
+        FieldDrift("data.token", "b2xk", "bmV3")
+    ]
+    assert drift.drifted_fields(desired, would_be, would_be) == []
+
+
 def test_a_409_without_field_conflicts_is_not_read_as_drift() -> None:
     assert drift.parse_conflicts({"reason": "Conflict", "details": {}}) == []
     assert drift.parse_conflicts("not json") == []

@@ -334,7 +334,9 @@ def _measure_drift(kube: Kube, snap: Snapshot, action: MeasureDrift, caches: Cac
             if spec is None:
                 outcome = drift_failed(f"stage {action.stage!r} has no drift settings")
             else:
-                outcome = await drift.measure_stage(kube, meta["namespace"], spec, target)
+                outcome = await drift.measure_stage(
+                    kube, meta["namespace"], spec, target, action.cluster == LOCAL_CLUSTER
+                )
         except Exception as err:  # noqa: BLE001 - a bug must not leave the grader pending
             log.exception("drift measurement crashed", extra={"cluster": action.cluster})
             outcome = drift_failed(f"drift measurement crashed: {type(err).__name__}")

@@ -46,7 +46,10 @@ def _rest(
     content_type: str | None = None,
     _preload_content: bool = False,
 ) -> Any:
-    """A raw API request with the client's auth; raises ApiException on a non-2xx answer."""
+    """A raw API request with the client's auth; raises ApiException on a non-2xx answer.
+
+    Returns the read response (``.data`` holds the body), as ``Kube.call`` expects.
+    """
     headers = {"Accept": "application/json"}
     if content_type:
         headers["Content-Type"] = content_type
@@ -58,9 +61,11 @@ def _rest(
         body=body,
         auth_settings=["BearerToken"],
     )
-    return api_client._call_with_legacy_options(
-        request, {}, None, _preload_content, REQUEST_TIMEOUT, True
-    )
+    response = api_client.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
+    response.read()
+    if not 200 <= response.status <= 299:
+        raise ApiException.from_response(http_resp=response, body=None, data=None)
+    return response
 
 
 class _Resources:
@@ -103,11 +108,15 @@ def _status_body(err: ApiException) -> Any:
         return None
 
 
-async def _measure_one(kube: Kube, resources: _Resources, desired: Json) -> core.ObjectDrift:
+async def _measure_one(
+    kube: Kube, resources: _Resources, desired: Json, confine_to: str | None
+) -> core.ObjectDrift:
     """Dry-run apply one desired object and compare the result with the live one."""
     plural, namespaced = await resources.find(desired["apiVersion"], desired["kind"])
     meta = dict(desired["metadata"])
-    namespace = (meta.get("namespace") or DEFAULT_NAMESPACE) if namespaced else None
+    if confine_to is not None:
+        _check_confined(desired, namespaced, confine_to)
+    namespace = (meta.get("namespace") or confine_to or DEFAULT_NAMESPACE) if namespaced else None
     if namespace:
         meta["namespace"] = namespace
     else:
@@ -129,19 +138,39 @@ async def _measure_one(kube: Kube, resources: _Resources, desired: Json) -> core
     except ApiException as err:
         conflicts = core.parse_conflicts(_status_body(err)) if is_status(err, 409) else []
         if conflicts:
-            return core.ObjectDrift(ref, fields=core.conflict_fields(body, live, conflicts))
+            fields = core.conflict_fields(body, live, conflicts)
+            return core.ObjectDrift(ref, fields=core.hide_secrets(body["kind"], fields))
         raise DriftError(
             f"{ref}: the dry-run apply was refused ({err.status}): {api_message(err)}"
         ) from err
-    return core.ObjectDrift(ref, fields=core.drifted_fields(body, would_be, live))
+    fields = core.drifted_fields(body, would_be, live)
+    return core.ObjectDrift(ref, fields=core.hide_secrets(body["kind"], fields))
 
 
-async def measure(target: Kube, desired: list[Json]) -> DriftOutcome:
+def _check_confined(desired: Json, namespaced: bool, namespace: str) -> None:
+    """In the operator's own cluster a run may only look into its own namespace.
+
+    The operator's identity may read far more than the run's owner: without this a Loop could
+    learn whether objects exist, and their values, in any namespace through drift details.
+    """
+    ref = core.object_ref(desired)
+    if not namespaced:
+        raise DriftError(f"{ref}: cluster-scoped objects are not measured in the local cluster")
+    theirs = desired["metadata"].get("namespace")
+    if theirs and theirs != namespace:
+        raise DriftError(
+            f"{ref}: in the local cluster drift is measured only in the run's namespace "
+            f"{namespace!r}"
+        )
+
+
+async def measure(target: Kube, desired: list[Json], confine_to: str | None = None) -> DriftOutcome:
     """How many of the desired objects drifted in the target, and how (never raises).
 
     Anything that prevents an honest answer (an unknown kind, a forbidden read, a manifest the
     apiserver refuses, an unreachable apiserver) is an error outcome counting no objects: the
-    drift grader then errs instead of passing.
+    drift grader then errs instead of passing. ``confine_to``: the only namespace objects may be
+    in (the run's, for the local cluster); it is also the default namespace then.
     """
     try:
         objects = core.check_desired(desired)
@@ -152,7 +181,7 @@ async def measure(target: Kube, desired: list[Json]) -> DriftOutcome:
 
     async def one(obj: Json) -> core.ObjectDrift:
         async with limit:
-            return await _measure_one(target, resources, obj)
+            return await _measure_one(target, resources, obj, confine_to)
 
     try:
         results = await asyncio.gather(*(one(o) for o in objects))
@@ -195,9 +224,17 @@ async def load_desired(kube: Kube, namespace: str, drift: Drift) -> list[Json]:
 
 
 async def measure_stage(
-    local: Kube, namespace: str, drift: Drift, target: Kube | Callable[[], Awaitable[Kube]]
+    local: Kube,
+    namespace: str,
+    drift: Drift,
+    target: Kube | Callable[[], Awaitable[Kube]],
+    confined: bool = False,
 ) -> DriftOutcome:
-    """Load a stage's desired objects and measure them in one target (never raises)."""
+    """Load a stage's desired objects and measure them in one target (never raises).
+
+    ``confined``: the target is the operator's own cluster, where only the run's namespace is
+    looked into.
+    """
     try:
         desired = await load_desired(local, namespace, drift)
     except core.ManifestError as err:
@@ -208,4 +245,4 @@ async def measure_stage(
         client = target if isinstance(target, Kube) else await target()
     except Exception as err:  # noqa: BLE001 - an unusable cluster is an error, never a pass
         return core.failed(f"no client for the target: {err}")
-    return await measure(client, desired)
+    return await measure(client, desired, namespace if confined else None)

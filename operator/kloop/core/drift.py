@@ -11,6 +11,7 @@ The I/O half is ``kloop.adapters.drift``.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from dataclasses import dataclass, field
@@ -60,6 +61,18 @@ class _Missing:
 
 
 MISSING: Any = _Missing()
+
+
+class _Hidden:
+    """A value kloop will not repeat (a Secret's)."""
+
+    def __repr__(self) -> str:
+        return "HIDDEN"
+
+
+HIDDEN: Any = _Hidden()
+HIDDEN_KINDS = frozenset({"Secret"})
+"""Kinds whose values never appear in details (status, memory and feedback are widely read)."""
 
 
 class ManifestError(ValueError):
@@ -165,12 +178,27 @@ def drifted_fields(desired: Any, would_be: Any, live: Any) -> list[FieldDrift]:
     out: list[FieldDrift] = []
     if not isinstance(desired, dict):
         return out
-    for key, value in desired.items():
+    for key, value in as_stored(desired).items():
         if key in IGNORED_TOP_LEVEL:
             continue
         if key == "metadata" and isinstance(value, dict):
             value = {k: v for k, v in value.items() if k not in VOLATILE_METADATA}
         _walk(value, _get(would_be, key), _get(live, key), _key_path("", key), out)
+    return out
+
+
+def as_stored(desired: dict[str, Any]) -> dict[str, Any]:
+    """The manifest as the apiserver stores it, where that differs by design.
+
+    A Secret's ``stringData`` is write-only: the server merges it into ``data`` (base64), so that
+    is where a drifted value shows.
+    """
+    string_data = desired.get("stringData")
+    if desired.get("kind") != "Secret" or not isinstance(string_data, dict):
+        return desired
+    encoded = {k: base64.b64encode(str(v).encode()).decode() for k, v in string_data.items()}
+    out = {k: v for k, v in desired.items() if k != "stringData"}
+    out["data"] = {**(desired.get("data") or {}), **encoded}
     return out
 
 
@@ -305,10 +333,18 @@ def conflict_fields(
     desired: dict[str, Any], live: dict[str, Any], conflicts: list[tuple[str, str]]
 ) -> list[FieldDrift]:
     """The fields another manager owns with a value other than the manifest's."""
+    desired = as_stored(desired)
     return [
         FieldDrift(path, resolve(live, path), resolve(desired, path), owner)
         for path, owner in conflicts
     ]
+
+
+def hide_secrets(kind: str, fields: list[FieldDrift]) -> list[FieldDrift]:
+    """The fields without their values when the object is a Secret (the path still shows)."""
+    if kind not in HIDDEN_KINDS:
+        return fields
+    return [FieldDrift(f.path, HIDDEN, HIDDEN, f.owner) for f in fields]
 
 
 # --- outcome --------------------------------------------------------------------------------
@@ -324,6 +360,8 @@ def _show(value: Any) -> str:
 def describe_field(ref: str, drift: FieldDrift) -> str:
     """``ConfigMap team-a/settings: data.mode is "x", want "y"`` (+ who owns it, on conflict)."""
     owner = f" (set by {drift.owner})" if drift.owner else ""
+    if drift.live is HIDDEN:
+        return f"{ref}: {drift.path} differs (value hidden){owner}"
     if drift.want is MISSING and drift.owner:
         return f"{ref}: {drift.path} is {_show(drift.live)}, owned by {drift.owner}"
     return f"{ref}: {drift.path} is {_show(drift.live)}, want {_show(drift.want)}{owner}"
