@@ -199,6 +199,16 @@ def test_forbidden_reads_are_an_error(api_client: client.ApiClient, namespace: s
     assert outcome.error is not None and "cannot read it (403)" in outcome.error
 
 
+def test_an_unreachable_apiserver_is_an_error(namespace: str) -> None:
+    conf = client.Configuration()
+    conf.host = "https://127.0.0.1:1"  # loopback, nothing listens
+    conf.retries = False
+    outcome = measure(client.ApiClient(conf), [configmap(namespace, "settings", {"a": "b"})])
+    assert outcome.objects == 0
+    assert outcome.error is not None
+    assert outcome.error.startswith("cannot reach the target's apiserver")
+
+
 def test_secret_values_are_hidden(api_client: client.ApiClient, namespace: str) -> None:
     core = client.CoreV1Api(api_client)
     core.create_namespaced_secret(

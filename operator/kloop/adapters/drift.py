@@ -74,8 +74,13 @@ class _Resources:
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
         self.lists: dict[str, dict[str, tuple[str, bool]]] = {}
+        self.lock = asyncio.Lock()
 
     async def find(self, api_version: str, kind: str) -> tuple[str, bool]:
+        async with self.lock:  # one discovery request per API group version, not one per object
+            return await self._find(api_version, kind)
+
+    async def _find(self, api_version: str, kind: str) -> tuple[str, bool]:
         if api_version not in self.lists:
             base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
             try:
@@ -183,14 +188,18 @@ async def measure(target: Kube, desired: list[Json], confine_to: str | None = No
         async with limit:
             return await _measure_one(target, resources, obj, confine_to)
 
+    tasks = [asyncio.create_task(one(o)) for o in objects]
     try:
-        results = await asyncio.gather(*(one(o) for o in objects))
+        results = await asyncio.gather(*tasks)
     except DriftError as err:
         return core.failed(str(err))
     except ApiException as err:
         return core.failed(f"the target's apiserver answered {err.status}: {api_message(err)}")
     except Exception as err:  # noqa: BLE001 - unreachable, TLS, timeouts: an error, not a pass
         return core.failed(f"cannot reach the target's apiserver: {type(err).__name__}: {err}")
+    finally:
+        for task in tasks:  # the first error decides: stop measuring the rest
+            task.cancel()
     return core.summarize(list(results))
 
 
