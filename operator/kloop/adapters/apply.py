@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from kloop.adapters import events, memory, oracles
+from kloop.adapters import drift, events, memory, oracles
 from kloop.adapters.kube import (
     Json,
     Kube,
@@ -20,16 +20,19 @@ from kloop.adapters.kube import (
     is_status,
     owner_reference,
 )
-from kloop.adapters.observe import Caches, Snapshot
+from kloop.adapters.observe import Caches, Snapshot, drift_key
 from kloop.adapters.pods import render_inputs, render_pod
 from kloop.api import GROUP, VERSION
 from kloop.api.conditions import Reason
+from kloop.core.drift import failed as drift_failed
 from kloop.core.model import (
+    LOCAL_CLUSTER,
     AppendMemory,
     CreatePod,
     Decision,
     DeletePod,
     EvaluateOracle,
+    MeasureDrift,
     OracleOutcome,
     RecordEvent,
 )
@@ -307,6 +310,53 @@ def _evaluate_oracle(snap: Snapshot, action: EvaluateOracle, caches: Caches) -> 
     caches.pending[key] = asyncio.create_task(query(), name=f"oracle {key}")
 
 
+def _measure_drift(kube: Kube, snap: Snapshot, action: MeasureDrift, caches: Caches) -> None:
+    """Measure drift in the target in the background (once), like an oracle query.
+
+    The desired manifests are read with the operator's own client (they live in the run's
+    namespace); the target's objects with the client ``caches.target_client`` gives for the
+    cluster (``local``: the operator's own). Any failure is an error outcome, never a pass.
+    """
+    loop = snap.observed.loop.spec
+    assert loop is not None
+    meta = snap.run["metadata"]
+    key = (meta["uid"], action.iteration, action.cluster)
+    pending = drift_key(*key)
+    if key in caches.drift or pending in caches.pending:
+        return
+    stage = next((s for s in loop.stages or [] if s.name == action.stage), None)
+    spec = stage.drift if stage is not None else None
+
+    async def target() -> Kube:
+        if action.cluster == LOCAL_CLUSTER:
+            return kube
+        if caches.target_client is None:
+            raise LookupError(f"cluster {action.cluster!r} has no API client in this operator")
+        return await caches.target_client(action.cluster)
+
+    async def run() -> None:
+        try:
+            if spec is None:
+                outcome = drift_failed(f"stage {action.stage!r} has no drift settings")
+            else:
+                outcome = await drift.measure_stage(
+                    kube, meta["namespace"], spec, target, action.cluster == LOCAL_CLUSTER
+                )
+        except Exception as err:  # noqa: BLE001 - a bug must not leave the grader pending
+            log.exception("drift measurement crashed", extra={"cluster": action.cluster})
+            outcome = drift_failed(f"drift measurement crashed: {type(err).__name__}")
+        finally:
+            caches.pending.pop(pending, None)
+        caches.drift[key] = outcome
+        log.info(
+            "drift measured",
+            extra={"cluster": action.cluster, "drifted": outcome.objects, "error": outcome.error},
+        )
+        caches.wake(meta["namespace"], meta["name"])
+
+    caches.pending[pending] = asyncio.create_task(run(), name=f"drift {key}")
+
+
 async def update_loop_status(kube: Kube, snap: Snapshot, decision: Decision) -> None:
     """Keep the Loop's LAST RUN / PHASE columns current (a status merge patch; never the spec)."""
     if snap.loop is None or decision.status.phase is None:
@@ -361,5 +411,7 @@ async def apply(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) 
             await _delete_pod(kube, namespace, action)
         elif isinstance(action, EvaluateOracle):
             _evaluate_oracle(snap, action, caches)
+        elif isinstance(action, MeasureDrift):
+            _measure_drift(kube, snap, action, caches)
     await update_loop_status(kube, snap, decision)
     return True

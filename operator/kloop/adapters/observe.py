@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -19,7 +19,14 @@ from kloop.api.loop import LoopSpec
 from kloop.api.looprun import LoopRunSpec, LoopRunStatus
 from kloop.core import names
 from kloop.core.memory import recorded_through
-from kloop.core.model import ObservedCluster, ObservedLoop, ObservedPod, ObservedRun, OracleOutcome
+from kloop.core.model import (
+    DriftOutcome,
+    ObservedCluster,
+    ObservedLoop,
+    ObservedPod,
+    ObservedRun,
+    OracleOutcome,
+)
 
 CLUSTER_LABEL = "kloop.dev/cluster"
 OPERATOR_NAMESPACE = os.environ.get("KLOOP_OPERATOR_NAMESPACE", "kloop-system")
@@ -40,6 +47,8 @@ class Caches:
     as background tasks
     (``pending``) so a slow server never blocks the run's other decisions; when one ends it
     stores its outcome and calls ``wake(namespace, name)`` so the run's driver looks again.
+    Drift measurements run the same way (``drift``, pending under ``drift_key``), in the cluster
+    that ``target_client`` resolves (None: only ``local``, the operator's own cluster).
     """
 
     oracles: dict[tuple[str, int, str], OracleOutcome] = field(default_factory=dict)
@@ -50,6 +59,8 @@ class Caches:
     pending: dict[tuple[str, int, str], asyncio.Task[None]] = field(default_factory=dict)
     egress: EgressGuard = field(default_factory=EgressGuard)
     wake: Callable[[str, str], None] = _nobody
+    drift: dict[tuple[str, int, str], DriftOutcome] = field(default_factory=dict)
+    target_client: Callable[[str], Awaitable[Kube]] | None = None
 
     def cancel_queries(self, uid: str) -> None:
         """Cancel a run's oracle queries still in flight (the run has ended)."""
@@ -57,14 +68,20 @@ class Caches:
             self.pending.pop(key).cancel()
 
     def forget(self, uid: str) -> None:
-        """Drop what belongs to a finished or deleted run, and cancel its oracle queries."""
+        """Drop what belongs to a finished or deleted run; cancel its oracle and drift tasks."""
         self.oracles = {k: v for k, v in self.oracles.items() if k[0] != uid}
         self.rejected = {k: v for k, v in self.rejected.items() if k[0] != uid}
         self.created = {k: v for k, v in self.created.items() if k[0] != uid}
         self.untrusted = {k: v for k, v in self.untrusted.items() if k[0] != uid}
         self.write_rejected.pop(uid, None)
+        self.drift = {k: v for k, v in self.drift.items() if k[0] != uid}
         for key in [k for k in self.pending if k[0] == uid]:
             self.pending.pop(key).cancel()
+
+
+def drift_key(uid: str, iteration: int, cluster: str) -> tuple[str, int, str]:
+    """The ``pending`` key of a drift measurement (``drift/`` never begins a checker name)."""
+    return (uid, iteration, f"drift/{cluster}")
 
 
 @dataclass
@@ -214,6 +231,7 @@ async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snap
         now=datetime.now(UTC),
         pods=observed_pods,
         oracles={(i, c): o for (u, i, c), o in caches.oracles.items() if u == uid},
+        drift={(i, c): o for (u, i, c), o in caches.drift.items() if u == uid},
         memory_iterations=remembered,
         approvals=_approvals(run),
         aborted_by=aborted_by,
