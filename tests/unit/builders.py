@@ -12,6 +12,7 @@ from kloop.core.decide import decide
 from kloop.core.model import (
     CreatePod,
     Decision,
+    DriftOutcome,
     ObservedCluster,
     ObservedLoop,
     ObservedPod,
@@ -56,10 +57,12 @@ def observe(
     approvals: dict[str, str] | None = None,
     loop_missing: bool = False,
     aborted_by: str | None = None,
-    clusters: dict[str, dict[str, str]] | None = None,
+    clusters: dict[str, dict[str, str] | ObservedCluster] | None = None,
     memory_conflict: str | None = None,
     write_rejected: tuple[str, str] | None = None,
     created: dict[str, str] | None = None,
+    drift: dict[tuple[int, str], DriftOutcome] | None = None,
+    resumes: dict[int, str] | None = None,
 ) -> ObservedRun:
     return ObservedRun(
         name=RUN,
@@ -74,7 +77,12 @@ def observe(
         memory_iterations=memory,
         approvals=approvals or {},
         aborted_by=aborted_by,
-        clusters={n: ObservedCluster(n, labels) for n, labels in (clusters or {}).items()},
+        clusters={
+            n: v if isinstance(v, ObservedCluster) else ObservedCluster(n, v)
+            for n, v in (clusters or {}).items()
+        },
+        drift=drift or {},
+        resumes=resumes or {},
         uid="uid-1",
         memory_conflict=memory_conflict,
         write_rejected=write_rejected,

@@ -1,0 +1,244 @@
+"""The outer loop over targets (issue 15), driven through the pure core: stages of clusters in
+parallel, failure policies, unusable clusters, inconclusive pauses and drift as a grader."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from kloop.api.looprun import Phase, TargetState
+from kloop.core.model import (
+    ClusterState,
+    CreatePod,
+    DeletePod,
+    DriftOutcome,
+    MeasureDrift,
+    ObservedCluster,
+    RecordEvent,
+)
+from tests.unit.builders import Simulation, created, loop_spec, maker_ok, verdict
+
+pytestmark = pytest.mark.unit
+
+FLEET = {"p1": {"tier": "prod"}, "p2": {"tier": "prod"}, "p3": {"tier": "prod"}}
+
+
+def prod(**stage: Any) -> dict[str, Any]:
+    return {"name": "prod", "clusterSelector": {"matchLabels": {"tier": "prod"}}, **stage}
+
+
+def mk(cluster: str, i: int, stage: int = 0) -> str:
+    return f"r-s{stage}-{cluster}-i{i}-maker"
+
+
+def ck(cluster: str, i: int, stage: int = 0, name: str = "tests") -> str:
+    return f"r-s{stage}-{cluster}-i{i}-check-{name}"
+
+
+def states(sim: Simulation, stage: int = 0) -> dict[str, str]:
+    return {c.name: c.state.value for c in sim.status.stages[stage].clusters}
+
+
+def test_the_clusters_of_a_stage_run_their_inner_loops_in_parallel() -> None:
+    sim = Simulation(loop_spec(stages=[prod()]), clusters=FLEET)
+    d = sim.step()
+    assert created(d) == [mk("p1", 1), mk("p2", 2), mk("p3", 3)]
+    sim.finish(mk("p2", 2), maker_ok())
+    d = sim.finish(ck("p2", 2), verdict("fail", "p2 is off"))
+    assert created(d) == [mk("p2", 4)], "p2 iterates on its own"
+    feedback = json.loads(
+        next(a.pod for a in d.actions if isinstance(a, CreatePod)).files["feedback.json"]
+    )
+    assert (feedback["iteration"], feedback["cluster"]) == (2, "p2")
+    assert states(sim) == {"p1": "Running", "p2": "Running", "p3": "Running"}
+    for cluster, i in (("p1", 1), ("p3", 3), ("p2", 4)):
+        sim.finish(mk(cluster, i), maker_ok())
+        d = sim.finish(ck(cluster, i), verdict("pass"))
+    assert d.status.phase is Phase.SUCCEEDED
+    assert d.status.clusters_passed == "3/3"
+    assert [c.iterations for c in d.status.stages[0].clusters] == [1, 2, 1]
+
+
+def test_max_parallel_starts_the_next_cluster_when_one_finishes() -> None:
+    sim = Simulation(loop_spec(stages=[prod(maxParallel=1)]), clusters=FLEET)
+    assert created(sim.step()) == [mk("p1", 1)]
+    sim.finish(mk("p1", 1), maker_ok())
+    d = sim.finish(ck("p1", 1), verdict("pass"))
+    assert created(d) == [mk("p2", 2)]
+    assert states(sim) == {"p1": "Passed", "p2": "Running", "p3": "Pending"}
+
+
+def test_with_halt_a_failed_cluster_halts_the_run_and_stops_the_others() -> None:
+    sim = Simulation(loop_spec(budget={"maxIterations": 1}, stages=[prod()]), clusters=FLEET)
+    sim.step()
+    sim.finish(mk("p1", 1), maker_ok())
+    d = sim.finish(ck("p1", 1), verdict("fail", "broken"))
+    assert (d.status.phase, d.status.halt_reason) == (Phase.HALTED, "MaxIterations")
+    assert "prod/p1" in (d.status.message or "")
+    assert DeletePod(mk("p2", 2), "run halted") in d.actions
+    assert states(sim) == {"p1": "Halted", "p2": "Halted", "p3": "Halted"}
+    assert [r.decision for r in d.status.iterations] == ["halt", "halt", "halt"]
+
+
+def test_with_continue_a_stage_passes_within_max_failed_clusters() -> None:
+    stages = [prod(failurePolicy="Continue", maxFailedClusters=1)]
+    sim = Simulation(loop_spec(budget={"maxIterations": 1}, stages=stages), clusters=FLEET)
+    sim.step()
+    sim.finish(mk("p1", 1), maker_ok())
+    d = sim.finish(ck("p1", 1), verdict("fail", "broken"))
+    assert d.status.phase is Phase.RUNNING
+    for cluster, i in (("p2", 2), ("p3", 3)):
+        sim.finish(mk(cluster, i), maker_ok())
+        d = sim.finish(ck(cluster, i), verdict("pass"))
+    assert d.status.phase is Phase.SUCCEEDED
+    assert d.status.clusters_passed == "2/3"
+
+
+def test_with_continue_one_failure_too_many_halts() -> None:
+    stages = [prod(failurePolicy="Continue", maxFailedClusters=1)]
+    sim = Simulation(loop_spec(budget={"maxIterations": 1}, stages=stages), clusters=FLEET)
+    sim.step()
+    for cluster, i in (("p1", 1), ("p2", 2)):
+        sim.finish(mk(cluster, i), maker_ok())
+        d = sim.finish(ck(cluster, i), verdict("fail", "broken"))
+    assert (d.status.phase, d.status.halt_reason) == (Phase.HALTED, "MaxIterations")
+
+
+@pytest.mark.parametrize(
+    ("cluster", "state", "reason"),
+    [
+        (None, "Unavailable", "ClusterUnavailable"),
+        (
+            ObservedCluster("edge", {}, ClusterState.UNAVAILABLE, "dial tcp: connection refused"),
+            "Unavailable",
+            "ClusterUnavailable",
+        ),
+        (
+            ObservedCluster("edge", {}, ClusterState.NOT_ALLOWED, "allowed-namespaces is team-b"),
+            "NotAllowed",
+            "ClusterNotAllowed",
+        ),
+    ],
+    ids=["no-secret", "unreachable", "not-allowed"],
+)
+def test_a_cluster_the_run_cannot_use_is_a_clear_target_state_and_no_pod(
+    cluster: ObservedCluster | None, state: str, reason: str
+) -> None:
+    spec = loop_spec(stages=[{"name": "canary", "clusters": ["edge"]}])
+    sim = Simulation(spec, clusters={"edge": cluster} if cluster else {})
+    d = sim.step()
+    assert created(d) == [], "never a local run instead, never a pass"
+    progress = d.status.stages[0].clusters[0]
+    assert (progress.state.value, progress.reason) == (state, reason)
+    assert (d.status.phase, d.status.halt_reason) == (Phase.FAILED, reason)
+    if cluster is not None:
+        assert cluster.message in (d.status.message or "")
+
+
+def test_a_selector_chooses_only_clusters_the_namespace_may_use() -> None:
+    fleet = {
+        **FLEET,
+        "p3": ObservedCluster("p3", {"tier": "prod"}, ClusterState.NOT_ALLOWED, "team-b only"),
+    }
+    sim = Simulation(loop_spec(stages=[prod()]), clusters=fleet)
+    sim.step()
+    assert [c.name for c in sim.status.stages[0].clusters] == ["p1", "p2"]
+
+
+def test_an_inconclusive_verdict_pauses_the_stage_until_a_human_resumes() -> None:
+    sim = Simulation(loop_spec(stages=[prod(maxParallel=1)]), clusters=FLEET)
+    sim.step()
+    sim.finish(mk("p1", 1), maker_ok())
+    d = sim.finish(ck("p1", 1), verdict("inconclusive", "no data yet"))
+    assert d.status.phase is Phase.PAUSED
+    assert states(sim)["p1"] == "Paused"
+    assert "kloop.dev/resume=1" in (d.status.message or "")
+    assert {c.type for c in d.status.conditions} >= {"Ready", "Paused"}
+    assert created(sim.step()) == [], "nothing starts while paused"
+    sim.kwargs["resumes"] = {1: "alice"}
+    d = sim.step()
+    assert d.status.phase is Phase.RUNNING
+    assert d.status.stages[0].clusters[0].resumed_by == "alice"
+    assert created(d) == [mk("p2", 2)]
+
+
+def test_a_paused_run_can_be_aborted() -> None:
+    sim = Simulation(loop_spec(stages=[prod(maxParallel=1)]), clusters=FLEET)
+    sim.step()
+    sim.finish(mk("p1", 1), maker_ok())
+    sim.finish(ck("p1", 1), verdict("inconclusive", "no data yet"))
+    sim.kwargs["aborted_by"] = "bob"
+    d = sim.step()
+    assert (d.status.phase, d.status.halt_reason) == (Phase.HALTED, "Aborted")
+
+
+def drifting(on_exceeded: str = "Halt") -> Simulation:
+    drift = {
+        "resources": [{"kind": "ConfigMap"}],
+        "maxDriftedObjects": 0,
+        "onExceeded": on_exceeded,
+    }
+    spec = loop_spec(stages=[{"name": "canary", "clusters": ["edge"], "drift": drift}])
+    return Simulation(spec, clusters={"edge": {}})
+
+
+def test_drift_is_measured_after_each_maker_and_within_bound_passes() -> None:
+    sim = drifting()
+    sim.step()
+    d = sim.finish(mk("edge", 1), maker_ok())
+    assert MeasureDrift(1, "canary", "edge") in d.actions
+    sim.kwargs["drift"] = {(1, "edge"): DriftOutcome(0)}
+    d = sim.finish(ck("edge", 1), verdict("pass"))
+    assert d.status.phase is Phase.SUCCEEDED
+    assert [c.name for c in d.status.iterations[0].checkers] == ["tests", "drift"]
+    assert d.status.stages[0].clusters[0].drifted_objects == 0
+
+
+def test_drift_beyond_its_bound_halts_with_drift_exceeded_naming_the_objects() -> None:
+    sim = drifting()
+    sim.step()
+    sim.finish(mk("edge", 1), maker_ok())
+    sim.kwargs["drift"] = {(1, "edge"): DriftOutcome(1, ["ConfigMap t/settings: data.mode"])}
+    d = sim.finish(ck("edge", 1), verdict("pass"))
+    assert (d.status.phase, d.status.halt_reason) == (Phase.HALTED, "DriftExceeded")
+    progress = d.status.stages[0].clusters[0]
+    assert progress.drift_details == ["ConfigMap t/settings: data.mode"]
+    assert "ConfigMap t/settings" in (d.status.iterations[0].why or "")
+    assert {c.type for c in d.status.conditions} >= {"DriftDetected"}
+
+
+def test_drift_with_iterate_hands_the_drifted_objects_to_the_next_maker() -> None:
+    sim = drifting("Iterate")
+    sim.step()
+    sim.finish(mk("edge", 1), maker_ok())
+    sim.kwargs["drift"] = {(1, "edge"): DriftOutcome(1, ["ConfigMap t/settings: data.mode"])}
+    d = sim.finish(ck("edge", 1), verdict("pass"))
+    assert created(d) == [mk("edge", 2)]
+    files = next(a.pod for a in d.actions if isinstance(a, CreatePod)).files
+    drift = next(
+        v for v in json.loads(files["feedback.json"])["verdicts"] if v["checker"] == "drift"
+    )
+    assert drift["verdict"] == "fail" and "ConfigMap t/settings: data.mode" in drift["reasons"]
+
+
+def test_an_unmeasurable_drift_fails_the_target_with_the_error() -> None:
+    sim = drifting()
+    sim.step()
+    sim.finish(mk("edge", 1), maker_ok())
+    sim.kwargs["drift"] = {(1, "edge"): DriftOutcome(0, error="no kind Widget")}
+    d = sim.finish(ck("edge", 1), verdict("pass"))
+    assert d.status.phase is Phase.FAILED
+    assert "no kind Widget" in (d.status.message or "")
+
+
+def test_stage_events_say_when_a_stage_starts_and_passes() -> None:
+    sim = Simulation(loop_spec(stages=[prod(maxParallel=3)]), clusters={"p1": {"tier": "prod"}})
+    d = sim.step()
+    messages = [a.message for a in d.actions if isinstance(a, RecordEvent)]
+    assert any("stage 'prod' started: p1" in m for m in messages)
+    sim.finish(mk("p1", 1), maker_ok())
+    d = sim.finish(ck("p1", 1), verdict("pass"))
+    assert any(a.reason == "StagePassed" for a in d.actions if isinstance(a, RecordEvent))
+    assert TargetState.PASSED is d.status.stages[0].clusters[0].state
