@@ -127,6 +127,18 @@ def _approvals(run: Json) -> dict[str, str]:
     return {stage.strip(): who for stage in value.split(",") if stage.strip()}
 
 
+def resumes(run: Json) -> dict[int, str]:
+    """Paused iterations a human resumed: ``kloop.dev/resume: "7"`` (a comma list of numbers).
+
+    Who resumed is the field manager that set the annotation, marked ``(unverified)``: no
+    admission policy ties it to the authenticated user yet (docs/admission.md covers approvals).
+    """
+    value = (run["metadata"].get("annotations") or {}).get(names.ANNOTATION_RESUME) or ""
+    numbers = [part.strip() for part in value.split(",")]
+    who = f"{_who_set(run, names.ANNOTATION_RESUME)} (unverified)"
+    return {int(n): who for n in numbers if n.isdigit()}
+
+
 async def _clusters(kube: Kube) -> dict[str, ObservedCluster]:
     """Target clusters: Secrets labelled kloop.dev/cluster=true in the operator's namespace."""
     try:
@@ -234,6 +246,7 @@ async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snap
         drift={(i, c): o for (u, i, c), o in caches.drift.items() if u == uid},
         memory_iterations=remembered,
         approvals=_approvals(run),
+        resumes=resumes(run),
         aborted_by=aborted_by,
         clusters=await _clusters(kube) if loop.spec is not None and loop.spec.stages else {},
         uid=uid,
