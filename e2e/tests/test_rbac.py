@@ -170,7 +170,11 @@ def test_chart_templates_render_the_rule_files_the_test_uses() -> None:
             for key in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[key], f"wildcard {key} in {path.name}: {rule}"
             assert not rule.get("resourceNames") and not rule.get("nonResourceURLs")
-    assert all("secrets" not in r["resources"] for r in load_rules(CLUSTER_RULES))
+    # cluster-wide, Secrets may be written and deleted (minted-token kubeconfigs), never read
+    secret_verbs = {
+        v for r in load_rules(CLUSTER_RULES) if "secrets" in r["resources"] for v in r["verbs"]
+    }
+    assert secret_verbs == {"create", "delete"}
 
 
 def _slow_loop() -> Json:
@@ -247,11 +251,16 @@ def test_operator_service_account_is_least_privilege(
     assert can(sa, "update", "loopruns", GROUP, subresource="status", namespace=namespace)
     assert can(sa, "create", "pods", namespace=namespace)
     assert can(sa, "list", "secrets", namespace=namespace), "target clusters, own namespace"
+    assert can(sa, "create", "secrets", namespace="team-a"), "minted kubeconfigs, run namespace"
+    assert can(sa, "delete", "secrets", namespace="team-a"), "... deleted when the pod ends"
     # what it must not do
     forbidden = [
         ("list", "secrets", ""),
         ("get", "secrets", ""),
         ("watch", "secrets", ""),
+        ("update", "secrets", ""),
+        ("patch", "secrets", ""),
+        ("deletecollection", "secrets", ""),
         ("delete", "namespaces", ""),
         ("create", "namespaces", ""),
         ("create", "pods/exec", ""),

@@ -62,10 +62,11 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     memo.kube = Kube()
     # the egress guard comes from main's flags (--allow-egress-cidr); strict when run otherwise
     memo.caches = Caches(egress=getattr(memo, "egress", None) or EgressGuard(), wake=_wake)
+    memo.caches.target_client = memo.caches.clusters.client  # drift is measured in targets
 
 
 @kopf.on.cleanup()
-async def stop_drivers(**_: Any) -> None:
+async def stop_drivers(memo: Any, **_: Any) -> None:
     """Cancel every run's task on shutdown; the next operator resumes from status."""
     for driver in list(_drivers.values()):
         driver.task.cancel()
@@ -73,6 +74,9 @@ async def stop_drivers(**_: Any) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await driver.task
     _drivers.clear()
+    caches = getattr(memo, "caches", None)
+    if caches is not None:
+        caches.clusters.close()  # the target clusters' connection pools
 
 
 @dataclass

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from kloop.adapters import drift, events, memory, oracles
+from kloop.adapters import drift, events, memory, oracles, targets
+from kloop.adapters.clusters import MintRefused, token_seconds
 from kloop.adapters.kube import (
     Json,
     Kube,
@@ -24,6 +25,7 @@ from kloop.adapters.observe import Caches, Snapshot, drift_key
 from kloop.adapters.pods import render_inputs, render_pod
 from kloop.api import GROUP, VERSION
 from kloop.api.conditions import Reason
+from kloop.core import names
 from kloop.core.drift import failed as drift_failed
 from kloop.core.model import (
     LOCAL_CLUSTER,
@@ -132,14 +134,20 @@ async def _create_pod(kube: Kube, snap: Snapshot, action: CreatePod, caches: Cac
         loop.spec.memory_config_map(loop.name),
         owner,
     )
+    secret_uid: str | None = None
     try:
         await _write_inputs(kube, namespace, render_inputs(action.pod, snap.run, owner))
+        if action.pod.cluster != LOCAL_CLUSTER:
+            secret_uid = await _write_target(kube, snap, action, caches, manifest)
         pod = await kube.call(
             kube.core.create_namespaced_pod, namespace, manifest, field_validation="Strict"
         )
         caches.created[(uid, action.pod.name)] = pod["metadata"]["uid"]
         PODS_CREATED.labels(action.pod.role.value).inc()
         log.info("pod created", extra={"pod": action.pod.name, "role": action.pod.role.value})
+    except MintRefused as err:
+        caches.rejected[(uid, action.pod.name)] = str(err)[:1000]
+        log.warning("no token for the pod", extra={"pod": action.pod.name, "why": str(err)})
     except Exception as err:
         message = api_message(err)
         # a 4xx but 409/429 (invalid template, admission policy, quota) will not change by
@@ -147,10 +155,41 @@ async def _create_pod(kube: Kube, snap: Snapshot, action: CreatePod, caches: Cac
         if is_permanent(err):
             caches.rejected[(uid, action.pod.name)] = message[:1000]
             log.warning("pod rejected", extra={"pod": action.pod.name, "why": message})
+            if secret_uid is not None:  # no pod will use the token
+                await targets.delete_target_secret(
+                    kube, namespace, names.target_secret_name(action.pod.name), secret_uid
+                )
             return
         if not is_status(err, 409):
             raise
         await _adopt_or_reject(kube, snap, action, caches)
+
+
+async def _write_target(
+    kube: Kube, snap: Snapshot, action: CreatePod, caches: Caches, manifest: Json
+) -> str:
+    """Mint a token in the pod's target cluster and write its kubeconfig Secret; its uid.
+
+    The token lives as long as the pod may (activeDeadlineSeconds plus a margin). The pod is
+    annotated with the Secret's uid and the token's expiry, so both survive an operator restart.
+    """
+    pod = action.pod
+    minted = await caches.clusters.mint(
+        pod.cluster, token_seconds(manifest["spec"].get("activeDeadlineSeconds"))
+    )
+    body = targets.render_target_secret(
+        pod.name, snap.run, owner_reference(snap.run), pod.cluster, minted.text
+    )
+    secret_uid = await targets.write_target_secret(kube, body)
+    annotations = manifest["metadata"]["annotations"]
+    annotations[names.ANNOTATION_TARGET_SECRET_UID] = secret_uid
+    annotations[names.ANNOTATION_TOKEN_EXPIRES_AT] = minted.expires_at
+    caches.tokens[(snap.run["metadata"]["uid"], pod.cluster)] = minted.expires_at
+    log.info(
+        "token minted for the pod",
+        extra={"pod": pod.name, "cluster": pod.cluster, "expires": minted.expires_at},
+    )
+    return secret_uid
 
 
 async def _write_inputs(kube: Kube, namespace: str, inputs: Json) -> None:
@@ -201,13 +240,33 @@ async def _adopt_or_reject(kube: Kube, snap: Snapshot, action: CreatePod, caches
     )
 
 
-async def _delete_pod(kube: Kube, namespace: str, action: DeletePod) -> None:
+async def _delete_pod(kube: Kube, snap: Snapshot, action: DeletePod, caches: Caches) -> None:
+    namespace = snap.run["metadata"]["namespace"]
     try:
         await kube.call(kube.core.delete_namespaced_pod, action.name, namespace)
         log.info("pod deleted", extra={"pod": action.name, "why": action.why})
     except Exception as err:
         if not is_status(err, 404):
             raise
+    pod = snap.pods.get(action.name)
+    if pod is not None and targets.is_remote(pod):  # a stopped pod's token goes with it
+        secret_uid = (pod["metadata"].get("annotations") or {}).get(
+            names.ANNOTATION_TARGET_SECRET_UID
+        )
+        await _forget_target(kube, snap, action.name, secret_uid, caches)
+
+
+async def _forget_target(
+    kube: Kube, snap: Snapshot, pod: str, secret_uid: str | None, caches: Caches
+) -> None:
+    """Delete an ended pod's kubeconfig Secret, once per process."""
+    run_uid = snap.run["metadata"]["uid"]
+    if (run_uid, pod) in caches.cleaned:
+        return
+    await targets.delete_target_secret(
+        kube, snap.run["metadata"]["namespace"], names.target_secret_name(pod), secret_uid
+    )
+    caches.cleaned.add((run_uid, pod))
 
 
 async def _append_memory(kube: Kube, snap: Snapshot, entries: list[Json]) -> None:
@@ -398,7 +457,6 @@ async def apply(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) 
         snap.observed.status,
         decision.status,
     )
-    namespace = snap.run["metadata"]["namespace"]
     for action in decision.actions:  # events first: they must match the status just written
         if isinstance(action, RecordEvent):
             await events.record(kube, snap.run, action.type, action.reason, action.message)
@@ -408,10 +466,12 @@ async def apply(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) 
         if isinstance(action, CreatePod):
             await _create_pod(kube, snap, action, caches)
         elif isinstance(action, DeletePod):
-            await _delete_pod(kube, namespace, action)
+            await _delete_pod(kube, snap, action, caches)
         elif isinstance(action, EvaluateOracle):
             _evaluate_oracle(snap, action, caches)
         elif isinstance(action, MeasureDrift):
             _measure_drift(kube, snap, action, caches)
+    for pod, secret_uid in snap.ended_targets.items():
+        await _forget_target(kube, snap, pod, secret_uid, caches)
     await update_loop_status(kube, snap, decision)
     return True

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
-from kloop.adapters import memory
+from kloop.adapters import memory, targets
+from kloop.adapters.clusters import ClusterRegistry
 from kloop.adapters.egress import EgressGuard
 from kloop.adapters.kube import Json, Kube, is_status
 from kloop.adapters.pods import observe_pod
@@ -20,6 +20,7 @@ from kloop.api.looprun import LoopRunSpec, LoopRunStatus
 from kloop.core import names
 from kloop.core.memory import recorded_through
 from kloop.core.model import (
+    LOCAL_CLUSTER,
     DriftOutcome,
     ObservedCluster,
     ObservedLoop,
@@ -27,9 +28,6 @@ from kloop.core.model import (
     ObservedRun,
     OracleOutcome,
 )
-
-CLUSTER_LABEL = "kloop.dev/cluster"
-OPERATOR_NAMESPACE = os.environ.get("KLOOP_OPERATOR_NAMESPACE", "kloop-system")
 
 
 def _nobody(namespace: str, name: str) -> None:
@@ -58,6 +56,12 @@ class Caches:
     write_rejected: dict[str, tuple[str, str]] = field(default_factory=dict)
     pending: dict[tuple[str, int, str], asyncio.Task[None]] = field(default_factory=dict)
     egress: EgressGuard = field(default_factory=EgressGuard)
+    clusters: ClusterRegistry = field(default_factory=ClusterRegistry)
+    tokens: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(run uid, cluster) -> expiry of the token minted for that target's latest agent pod."""
+    cleaned: set[tuple[str, str]] = field(default_factory=set)
+    """(run uid, pod): ended pods whose kubeconfig Secret is deleted (empty after a restart:
+    each is then deleted once more, which answers 404)."""
     wake: Callable[[str, str], None] = _nobody
     drift: dict[tuple[str, int, str], DriftOutcome] = field(default_factory=dict)
     target_client: Callable[[str], Awaitable[Kube]] | None = None
@@ -73,6 +77,8 @@ class Caches:
         self.rejected = {k: v for k, v in self.rejected.items() if k[0] != uid}
         self.created = {k: v for k, v in self.created.items() if k[0] != uid}
         self.untrusted = {k: v for k, v in self.untrusted.items() if k[0] != uid}
+        self.tokens = {k: v for k, v in self.tokens.items() if k[0] != uid}
+        self.cleaned = {k for k in self.cleaned if k[0] != uid}
         self.write_rejected.pop(uid, None)
         self.drift = {k: v for k, v in self.drift.items() if k[0] != uid}
         for key in [k for k in self.pending if k[0] == uid]:
@@ -91,6 +97,10 @@ class Snapshot:
     observed: ObservedRun
     run: Json
     loop: Json | None
+    pods: dict[str, Json] = field(default_factory=dict)
+    """The run's own pods as read."""
+    ended_targets: dict[str, str | None] = field(default_factory=dict)
+    """Ended pods of remote targets whose kubeconfig Secret is still to delete -> its uid."""
 
 
 def _who_set(obj: Json, annotation: str) -> str:
@@ -137,26 +147,6 @@ def resumes(run: Json) -> dict[int, str]:
     numbers = [part.strip() for part in value.split(",")]
     who = f"{_who_set(run, names.ANNOTATION_RESUME)} (unverified)"
     return {int(n): who for n in numbers if n.isdigit()}
-
-
-async def _clusters(kube: Kube) -> dict[str, ObservedCluster]:
-    """Target clusters: Secrets labelled kloop.dev/cluster=true in the operator's namespace."""
-    try:
-        secrets = await kube.call(
-            kube.core.list_namespaced_secret,
-            OPERATOR_NAMESPACE,
-            label_selector=f"{CLUSTER_LABEL}=true",
-        )
-    except Exception as err:
-        if is_status(err, 403, 404):
-            return {}
-        raise
-    return {
-        s["metadata"]["name"]: ObservedCluster(
-            s["metadata"]["name"], s["metadata"].get("labels") or {}
-        )
-        for s in secrets["items"]
-    }
 
 
 async def _loop(kube: Kube, namespace: str, name: str) -> tuple[ObservedLoop, Json | None]:
@@ -221,6 +211,17 @@ async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snap
         for p in pods["items"]
         if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])
     ]
+    if loop.spec is not None and loop.spec.stages:
+        clusters = await caches.clusters.observe(kube, namespace)
+    else:
+        clusters = {LOCAL_CLUSTER: ObservedCluster(LOCAL_CLUSTER)}
+    token_expiry = targets.token_expiry(owned)
+    token_expiry.update({c: t for (u, c), t in caches.tokens.items() if u == uid})
+    ended = {
+        pod: secret_uid
+        for pod, secret_uid in targets.ended_remote_pods(owned).items()
+        if (uid, pod) not in caches.cleaned
+    }
     remembered, memory_conflict = await _memory(kube, namespace, loop, uid, status)
     observed_pods = {p["metadata"]["name"]: observe_pod(p) for p in owned}
     for (run_uid, pod), message in caches.rejected.items():
@@ -248,10 +249,12 @@ async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snap
         approvals=_approvals(run),
         resumes=resumes(run),
         aborted_by=aborted_by,
-        clusters=await _clusters(kube) if loop.spec is not None and loop.spec.stages else {},
+        clusters=clusters,
         uid=uid,
         memory_conflict=memory_conflict,
         created={pod: pod_uid for (u, pod), pod_uid in caches.created.items() if u == uid},
         write_rejected=caches.write_rejected.get(uid),
+        token_expiry=token_expiry,
     )
-    return Snapshot(observed, run, raw_loop)
+    pods_by_name = {p["metadata"]["name"]: p for p in owned}
+    return Snapshot(observed, run, raw_loop, pods_by_name, ended)

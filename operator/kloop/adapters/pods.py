@@ -11,7 +11,7 @@ from kloop.api.loop import LoopSpec
 from kloop.api.looprun import LoopRunSpec
 from kloop.api.pod import PodTemplate
 from kloop.core import names
-from kloop.core.model import ObservedPod, PodRequest, Role
+from kloop.core.model import LOCAL_CLUSTER, ObservedPod, PodRequest, Role
 
 Json = dict[str, Any]
 
@@ -19,6 +19,8 @@ MEMORY_DIR = "/kloop/memory"
 FEEDBACK_FILE = "/kloop/feedback.json"
 SKILLS_DIR = "/kloop/skills"
 WORKSPACE_DIR = "/kloop/workspace"
+TARGET_DIR = "/kloop/target"
+TARGET_KUBECONFIG = f"{TARGET_DIR}/kubeconfig"
 
 
 def _template_for(req: PodRequest, loop: LoopSpec) -> tuple[PodTemplate, int]:
@@ -139,6 +141,19 @@ def render_pod(
             {"name": volume, "mountPath": f"{SKILLS_DIR}/{skill.config_map_name}", "readOnly": True}
         )
     env = contract_env(req, run, loop_name, loop, run_spec)
+    if req.cluster != LOCAL_CLUSTER:
+        # the minted token's kubeconfig (adapters/clusters.py), written before the pod
+        volumes.append(
+            {
+                "name": "kloop-target",
+                "secret": {
+                    "secretName": names.target_secret_name(req.name),
+                    "items": [{"key": "kubeconfig", "path": "kubeconfig"}],
+                },
+            }
+        )
+        mounts.append({"name": "kloop-target", "mountPath": TARGET_DIR, "readOnly": True})
+        env.append({"name": "KUBECONFIG", "value": TARGET_KUBECONFIG})
     for container in spec["containers"]:
         container["env"] = [*env, *(container.get("env") or [])]
         container["volumeMounts"] = [*(container.get("volumeMounts") or []), *mounts]
@@ -156,7 +171,7 @@ def render_pod(
             "name": req.name,
             "namespace": run["metadata"]["namespace"],
             "labels": labels,
-            "annotations": meta.get("annotations") or {},
+            "annotations": dict(meta.get("annotations") or {}),
             "ownerReferences": [owner],
         },
         "spec": spec,

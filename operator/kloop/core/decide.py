@@ -341,6 +341,9 @@ def _step_target(
     p: Pass, spec: LoopSpec, limits: Limits, stage: StagePlan, cluster: ClusterProgress
 ) -> bool:
     """One target's inner loop, one step; False when the run ended."""
+    expiry = p.obs.token_expiry.get(cluster.name)
+    if expiry is not None:
+        cluster.token_expires_at = expiry
     record = p.open_record(stage.name, cluster.name)
     if record is None:  # running without an open iteration (e.g. right after a restart)
         return _next_iteration(p, spec, limits, stage, cluster)

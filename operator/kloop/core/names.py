@@ -16,6 +16,10 @@ ANNOTATION_APPROVE = "kloop.dev/approve"
 ANNOTATION_APPROVED_BY = "kloop.dev/approved-by"
 ANNOTATION_ABORT = "kloop.dev/abort"
 ANNOTATION_RESUME = "kloop.dev/resume"
+# on agent pods of a remote target: the uid of their kubeconfig Secret (so only that Secret is
+# ever deleted for them) and when its token expires
+ANNOTATION_TARGET_SECRET_UID = "kloop.dev/target-secret-uid"
+ANNOTATION_TOKEN_EXPIRES_AT = "kloop.dev/token-expires-at"
 
 
 def pod_name(
@@ -39,6 +43,11 @@ def teardown_pod_name(run: str) -> str:
 def inputs_config_map_name(pod: str) -> str:
     """The ConfigMap carrying a pod's input files (feedback.json, maker.json)."""
     return f"{pod}-in"
+
+
+def target_secret_name(pod: str) -> str:
+    """The Secret holding the kubeconfig (minted token) of a pod acting on a remote cluster."""
+    return f"{pod}-target"
 
 
 def branch(run: str, iteration: int) -> str:
