@@ -65,14 +65,17 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
 
 
 @kopf.on.cleanup()
-async def stop_drivers(**_: Any) -> None:
-    """Cancel every run's task on shutdown; the next operator resumes from status."""
+async def stop_drivers(memo: Any, **_: Any) -> None:
+    """Cancel every run's task and pending notification on shutdown; status is the resume point."""
     for driver in list(_drivers.values()):
         driver.task.cancel()
     for driver in list(_drivers.values()):
         with contextlib.suppress(asyncio.CancelledError):
             await driver.task
     _drivers.clear()
+    caches = getattr(memo, "caches", None)
+    if caches is not None:
+        await caches.notifier.close()
 
 
 @dataclass

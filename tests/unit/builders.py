@@ -11,8 +11,8 @@ from kloop.api.looprun import LoopRunSpec, LoopRunStatus
 from kloop.core.decide import decide
 from kloop.core.model import (
     CreatePod,
-    ObservedCluster,
     Decision,
+    ObservedCluster,
     ObservedLoop,
     ObservedPod,
     ObservedRun,

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from kloop.adapters import memory
 from kloop.adapters.egress import EgressGuard
 from kloop.adapters.kube import Json, Kube, is_status
+from kloop.adapters.notify import Notifier
 from kloop.adapters.pods import observe_pod
 from kloop.api import GROUP, VERSION
 from kloop.api.loop import LoopSpec
@@ -50,6 +51,8 @@ class Caches:
     pending: dict[tuple[str, int, str], asyncio.Task[None]] = field(default_factory=dict)
     egress: EgressGuard = field(default_factory=EgressGuard)
     wake: Callable[[str, str], None] = _nobody
+    notifier: Notifier = field(default_factory=Notifier)
+    """Notification deliveries: not cancelled by ``forget``, so a run's last event still goes."""
 
     def forget(self, uid: str) -> None:
         """Drop what belongs to a finished or deleted run, and cancel its oracle queries."""
