@@ -1,5 +1,6 @@
-"""Notifications on a real cluster: a webhook receiver on loopback gets each event once, in order,
-and a receiver that is down or never answers does not slow the run.
+"""Notifications on a real cluster, received by webhook servers on loopback.
+
+A receiver gets each event once, in order; one that is down or never answers does not slow the run.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ Json = dict[str, Any]
 
 @pytest.fixture(autouse=True)
 def _own_crds(api_client: client.ApiClient) -> None:
-    """This checkout's CRDs again (the shared cluster's may have been replaced since the session
-    started): the new events and status.notifications must not be refused or pruned.
+    """Install the checkout's CRDs again: the shared cluster's may have been replaced meanwhile.
+
+    The new events and status.notifications must not be refused or pruned.
     """
     install_crds(api_client)
 

@@ -1,4 +1,4 @@
-"""Which notifications a status write causes (kloop.core.notify): one per state change, never two."""
+"""Which notifications a status write causes (kloop.core.notify): one per change, never two."""
 
 from __future__ import annotations
 
