@@ -21,6 +21,7 @@ from kubernetes import client, config
 from e2e.helpers import wait_for
 from e2e.loops import GROUP, VERSION, create_loop, greeting_loop, start_run, wait_finished
 from e2e.operator_process import OperatorProcess
+from e2e.webhook import receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -192,13 +193,24 @@ def test_operator_runs_and_aborts_loops_with_only_the_chart_rbac(
 ) -> None:
     # the test namespace plays the release namespace, where target-cluster Secrets live
     monkeypatch.setenv("KLOOP_OPERATOR_NAMESPACE", namespace)
-    operator = OperatorProcess(sa_config, tmp_path / "operator.log", [namespace])
+    operator = OperatorProcess(
+        sa_config, tmp_path / "operator.log", [namespace], ["--allow-egress-cidr", "127.0.0.0/8"]
+    )
     core = client.CoreV1Api(api_client)
+    hook = contextlib.ExitStack()
+    webhook = hook.enter_context(receiver())
+    core.create_namespaced_secret(  # secrets get: the notify URL is read by name
+        namespace, {"metadata": {"name": "hook"}, "stringData": {"url": webhook.url}}
+    )
+    greeting = greeting_loop()
+    greeting["spec"]["notify"] = [
+        {"name": "ops", "urlSecretRef": {"name": "hook", "key": "url"}, "events": ["succeeded"]}
+    ]
     custom = client.CustomObjectsApi(api_client)
     maker = "slow-1-s0-local-i1-maker"
     operator.start()
     try:
-        create_loop(api_client, namespace, greeting_loop())
+        create_loop(api_client, namespace, greeting)
         create_loop(api_client, namespace, _slow_loop())
         start_run(api_client, namespace, "greeting", "greeting-1")
         start_run(api_client, namespace, "slow", "slow-1")
@@ -233,9 +245,12 @@ def test_operator_runs_and_aborts_loops_with_only_the_chart_rbac(
         assert run["status"]["phase"] == "Succeeded", operator.log_tail()
         loop = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "loops", "greeting")
         assert loop["status"]["lastRun"] == "greeting-1", "loops/status patch went through"
+        wait_for("the succeeded notification", lambda: webhook.events(), timeout=30)
+        assert webhook.events() == [("succeeded", "default")], operator.log_tail()
         time.sleep(1)  # let anything still in flight reach the log
     finally:
         operator.stop()
+        hook.close()
     log = operator.log_path.read_text(errors="replace")
     assert denials(log) == [], "\n".join(denials(log))
 

@@ -290,7 +290,7 @@ async def _read_url(kube: Kube, namespace: str, target: NotifyTarget) -> str:
         if is_status(err, 404):
             raise NotifyError(f"Secret {ref.name!r} not found in {namespace}") from err
         if is_status(err, 403):
-            raise NotifyError(f"the operator may not read Secret {ref.name!r}") from err
+            raise NotifyError(f"the operator may not read Secret {ref.name!r} (403)") from err
         raise NotifyError(f"cannot read Secret {ref.name!r}: {type(err).__name__}") from err
     raw = (secret.get("data") or {}).get(ref.key)
     if raw is None:
