@@ -21,6 +21,7 @@ from kubernetes import client, config
 from e2e.helpers import wait_for
 from e2e.loops import GROUP, VERSION, create_loop, greeting_loop, start_run, wait_finished
 from e2e.operator_process import OperatorProcess
+from e2e.webhook import receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -170,11 +171,12 @@ def test_chart_templates_render_the_rule_files_the_test_uses() -> None:
             for key in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[key], f"wildcard {key} in {path.name}: {rule}"
             assert not rule.get("resourceNames") and not rule.get("nonResourceURLs")
-    # cluster-wide, Secrets may be written and deleted (minted-token kubeconfigs), never read
+    # cluster-wide, Secrets: created and deleted (minted-token kubeconfigs), read by name (notify
+    # URLs); never listed, watched, updated or patched
     secret_verbs = {
         v for r in load_rules(CLUSTER_RULES) if "secrets" in r["resources"] for v in r["verbs"]
     }
-    assert secret_verbs == {"create", "delete"}
+    assert secret_verbs == {"create", "delete", "get"}
 
 
 def _slow_loop() -> Json:
@@ -194,13 +196,24 @@ def test_operator_runs_and_aborts_loops_with_only_the_chart_rbac(
 ) -> None:
     # the test namespace plays the release namespace, where target-cluster Secrets live
     monkeypatch.setenv("KLOOP_OPERATOR_NAMESPACE", namespace)
-    operator = OperatorProcess(sa_config, tmp_path / "operator.log", [namespace])
+    operator = OperatorProcess(
+        sa_config, tmp_path / "operator.log", [namespace], ["--allow-egress-cidr", "127.0.0.0/8"]
+    )
     core = client.CoreV1Api(api_client)
+    hook = contextlib.ExitStack()
+    webhook = hook.enter_context(receiver())
+    core.create_namespaced_secret(  # secrets get: the notify URL is read by name
+        namespace, {"metadata": {"name": "hook"}, "stringData": {"url": webhook.url}}
+    )
+    greeting = greeting_loop()
+    greeting["spec"]["notify"] = [
+        {"name": "ops", "urlSecretRef": {"name": "hook", "key": "url"}, "events": ["succeeded"]}
+    ]
     custom = client.CustomObjectsApi(api_client)
     maker = "slow-1-s0-local-i1-maker"
     operator.start()
     try:
-        create_loop(api_client, namespace, greeting_loop())
+        create_loop(api_client, namespace, greeting)
         create_loop(api_client, namespace, _slow_loop())
         start_run(api_client, namespace, "greeting", "greeting-1")
         start_run(api_client, namespace, "slow", "slow-1")
@@ -235,9 +248,12 @@ def test_operator_runs_and_aborts_loops_with_only_the_chart_rbac(
         assert run["status"]["phase"] == "Succeeded", operator.log_tail()
         loop = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "loops", "greeting")
         assert loop["status"]["lastRun"] == "greeting-1", "loops/status patch went through"
+        wait_for("the succeeded notification", lambda: webhook.events(), timeout=30)
+        assert webhook.events() == [("succeeded", "default")], operator.log_tail()
         time.sleep(1)  # let anything still in flight reach the log
     finally:
         operator.stop()
+        hook.close()
     log = operator.log_path.read_text(errors="replace")
     assert denials(log) == [], "\n".join(denials(log))
 
@@ -254,9 +270,9 @@ def test_operator_service_account_is_least_privilege(
     assert can(sa, "create", "secrets", namespace="team-a"), "minted kubeconfigs, run namespace"
     assert can(sa, "delete", "secrets", namespace="team-a"), "... deleted when the pod ends"
     # what it must not do
+    assert can(sa, "get", "secrets", namespace=namespace), "notify URLs, by name"
     forbidden = [
         ("list", "secrets", ""),
-        ("get", "secrets", ""),
         ("watch", "secrets", ""),
         ("update", "secrets", ""),
         ("patch", "secrets", ""),
@@ -284,9 +300,8 @@ def test_operator_service_account_is_least_privilege(
     ]
     allowed = [(v, r, g) for v, r, g in forbidden if can(sa, v, r, g)]
     assert allowed == [], f"the operator's ServiceAccount may {allowed}"
-    for verb in ("get", "list"):
+    for verb in ("list", "watch"):
         assert not can(sa, verb, "secrets", namespace="kube-system")
-    assert not can(sa, "get", "secrets", namespace=namespace), "list only, no get by name"
     # and the real calls are refused
     core = client.CoreV1Api(sa)
     with pytest.raises(client.ApiException) as listed:

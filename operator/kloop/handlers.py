@@ -67,7 +67,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
 
 @kopf.on.cleanup()
 async def stop_drivers(memo: Any, **_: Any) -> None:
-    """Cancel every run's task on shutdown; the next operator resumes from status."""
+    """Cancel every run's task and pending notification on shutdown; status is the resume point."""
     for driver in list(_drivers.values()):
         driver.task.cancel()
     for driver in list(_drivers.values()):
@@ -77,6 +77,7 @@ async def stop_drivers(memo: Any, **_: Any) -> None:
     caches = getattr(memo, "caches", None)
     if caches is not None:
         caches.clusters.close()  # the target clusters' connection pools
+        await caches.notifier.close()
 
 
 @dataclass

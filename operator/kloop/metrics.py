@@ -23,6 +23,11 @@ RUNS_FINISHED = Counter(
 )
 TOKENS = Counter("kloop_tokens_total", "Tokens reported by agents.", ["namespace", "loop"])
 COST = Counter("kloop_cost_usd_total", "Cost in USD reported by agents.", ["namespace", "loop"])
+NOTIFICATIONS = Counter(
+    "kloop_notifications_total",
+    "Notification deliveries, by notify target, event and result (delivered, failed, refused).",
+    ["namespace", "loop", "target", "event", "result"],
+)
 PODS_CREATED = Counter("kloop_pods_created_total", "Agent pods created.", ["role"])
 RUN_DURATION = Histogram(
     "kloop_run_duration_seconds",

@@ -38,6 +38,7 @@ from kloop.core.model import (
     OracleOutcome,
     RecordEvent,
 )
+from kloop.core.notify import RunRef
 from kloop.metrics import PODS_CREATED, record_transition
 
 log = logging.getLogger("kloop.apply")
@@ -62,6 +63,10 @@ async def write_status(kube: Kube, snap: Snapshot, decision: Decision) -> None:
     new = decision.status.to_kube()
     if old.get("kopf") is not None:
         new["kopf"] = old["kopf"]
+    # the notifier owns status.notifications (merge patches): a replace carries what it read
+    new.pop("notifications", None)
+    if old.get("notifications"):
+        new["notifications"] = old["notifications"]
     if new == old:
         return
     body = {
@@ -445,6 +450,18 @@ async def update_loop_status(kube: Kube, snap: Snapshot, decision: Decision) -> 
         log.warning("could not update the Loop's status: %s", err)
 
 
+def _notify(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) -> None:
+    """Queue the notifications this status write caused (delivered in the background)."""
+    spec = snap.observed.loop.spec
+    if spec is None or not spec.notify:
+        return
+    meta = snap.run["metadata"]
+    run = RunRef(meta["namespace"], meta["name"], meta["uid"], snap.observed.loop.name)
+    caches.notifier.dispatch(
+        kube, caches.egress, run, spec.notify, snap.observed.status, decision.status
+    )
+
+
 async def apply(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) -> bool:
     """Apply a decision; False when status could not be written (re-observe and decide again)."""
     try:
@@ -457,6 +474,7 @@ async def apply(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) 
         snap.observed.status,
         decision.status,
     )
+    _notify(kube, snap, decision, caches)
     for action in decision.actions:  # events first: they must match the status just written
         if isinstance(action, RecordEvent):
             await events.record(kube, snap.run, action.type, action.reason, action.message)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import socket
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,7 +84,12 @@ class EgressGuard:
         return chosen
 
     async def pinned(
-        self, http: httpx.AsyncClient, method: str, url: str, body: str | None
+        self,
+        http: httpx.AsyncClient,
+        method: str,
+        url: str,
+        body: str | None,
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Request:
         """A request for ``url`` that connects to the vetted address of its host, and no other."""
         try:
@@ -100,7 +107,11 @@ class EgressGuard:
             method,
             target.copy_with(host=str(address)),
             content=body,
-            headers={"Host": target.netloc.decode("ascii"), "Accept-Encoding": "gzip, deflate"},
+            headers={
+                **(headers or {}),
+                "Host": target.netloc.decode("ascii"),
+                "Accept-Encoding": "gzip, deflate",
+            },
             extensions=extensions,
         )
 
@@ -111,14 +122,16 @@ class EgressGuard:
         body: str | None = None,
         max_bytes: int = MAX_BODY_BYTES,
         max_redirects: int = MAX_REDIRECTS,
+        headers: Mapping[str, str] | None = None,
     ) -> Answer:
         """Send one request (and its same-origin redirects) under the policy; Refused/Unavailable.
 
         Not bounded in time by itself: wrap it in ``asyncio.timeout`` for a total deadline.
+        ``headers`` are sent as given (``Host`` and ``Accept-Encoding`` are the guard's own).
         """
         async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=None) as http:
             for _ in range(max_redirects + 1):
-                request = await self.pinned(http, method, url, body)
+                request = await self.pinned(http, method, url, body, headers)
                 try:
                     response = await http.send(request, stream=True)
                 except httpx.HTTPError as err:
@@ -134,12 +147,31 @@ class EgressGuard:
                         )
                     if response.status_code == 303:
                         method, body = "GET", None
+                        headers = {
+                            k: v for k, v in (headers or {}).items() if k.lower() != "content-type"
+                        }
                     url = location
                 except httpx.HTTPError as err:
                     raise Unavailable(f"{type(err).__name__}: {scrub(str(err), url)}") from err
                 finally:
                     await response.aclose()
         raise Refused(f"more than {max_redirects} redirects")
+
+    async def post_json(
+        self,
+        url: str,
+        document: object,
+        headers: Mapping[str, str] | None = None,
+        max_bytes: int = 64 * 1024,
+    ) -> Answer:
+        """POST ``document`` as JSON under the policy (webhooks); the answer is capped small."""
+        return await self.fetch(
+            "POST",
+            url,
+            json.dumps(document, separators=(",", ":"), sort_keys=True),
+            max_bytes=max_bytes,
+            headers={**(headers or {}), "Content-Type": "application/json"},
+        )
 
 
 def _decoder(response: httpx.Response) -> Any:

@@ -13,6 +13,7 @@ from kloop.adapters import memory, targets
 from kloop.adapters.clusters import ClusterRegistry
 from kloop.adapters.egress import EgressGuard
 from kloop.adapters.kube import Json, Kube, is_status
+from kloop.adapters.notify import Notifier
 from kloop.adapters.pods import observe_pod
 from kloop.api import GROUP, VERSION
 from kloop.api.loop import LoopSpec
@@ -70,6 +71,9 @@ class Caches:
         """Cancel a run's oracle queries still in flight (the run has ended)."""
         for key in [k for k in self.pending if k[0] == uid]:
             self.pending.pop(key).cancel()
+
+    notifier: Notifier = field(default_factory=Notifier)
+    """Notification deliveries: not cancelled by ``forget``, so a run's last event still goes."""
 
     def forget(self, uid: str) -> None:
         """Drop what belongs to a finished or deleted run; cancel its oracle and drift tasks."""

@@ -241,8 +241,10 @@ class ConcurrencyPolicy(StrEnum):
 class NotifyEvent(StrEnum):
     """Moments a notification can be sent for."""
 
-    HALTED = "halted"
+    STAGE_STARTED = "stage-started"
     AWAITING_APPROVAL = "awaiting-approval"
+    PAUSED = "paused"
+    HALTED = "halted"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     ITERATION_STARTED = "iteration-started"
@@ -272,8 +274,8 @@ class NotifyTarget(KubeModel):
     """Target name."""
     url_secret_ref: SecretKeyRef
     """Where the webhook URL is kept (URLs often carry tokens)."""
-    events: list[NotifyEvent] = Field(min_length=1, max_length=6)
-    """Which events to send."""
+    events: list[NotifyEvent] = Field(min_length=1, max_length=8)
+    """Which events to send (see docs/notifications.md)."""
 
 
 class GitWorkspace(KubeModel):
@@ -409,7 +411,7 @@ class LoopSpec(KubeModel):
     failed_runs_history_limit: int = Field(default=3, ge=0, le=100)
     """Finished failed or halted runs to keep."""
     notify: list[NotifyTarget] | None = Field(default=None, max_length=8)
-    """Webhooks called at lifecycle points (validated; not sent yet)."""
+    """Webhooks called at lifecycle points of each run (docs/notifications.md)."""
     workspace: Workspace | None = None
     """Files the agents work on (validated; the git checkout is not built yet)."""
     connectors: list[Connector] | None = Field(default=None, max_length=16)

@@ -295,6 +295,33 @@ class TeardownProgress(KubeModel):
     """Detail, e.g. why it failed."""
 
 
+class NotificationResult(StrEnum):
+    """How a notification delivery ended."""
+
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    REFUSED = "refused"
+
+
+class NotificationRecord(KubeModel):
+    """The last delivery to one notify target of the Loop (never its URL)."""
+
+    name: str
+    """The notify target's name."""
+    event: str
+    """The event delivered (stage-started, awaiting-approval, paused, halted, ...)."""
+    key: str
+    """The Idempotency-Key sent with it (run uid / event / stage / iteration)."""
+    result: NotificationResult
+    """delivered, failed (gave up after retries, or a 4xx answer) or refused (egress guard)."""
+    at: str
+    """When the delivery ended."""
+    attempts: int = 0
+    """Requests made."""
+    message: str | None = Field(default=None, max_length=300)
+    """The receiver's status or the error, with the URL masked."""
+
+
 class LoopRunStatus(KubeModel):
     """What the run saw, decided and why; bounded so it stays far below the object size limit."""
 
@@ -337,3 +364,5 @@ class LoopRunStatus(KubeModel):
     memory_recorded_through: int | None = None
     """The last iteration of this run known to be in the Loop's memory: set after each memory
     append, so a finished run is never appended again, however many runs came since."""
+    notifications: list[NotificationRecord] = Field(default_factory=list, max_length=8)
+    """The last delivery per notify target (written by the notifier, not by reconciles)."""
