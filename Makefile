@@ -54,7 +54,10 @@ cluster-status: $(STAMP) ## Show which local cluster components run
 demo: $(STAMP) ## Start the cluster if needed, install CRDs, run the operator and a sample Loop
 	$(PY) -m e2e.demo
 
+demo-fleet: $(STAMP) ## The multi-cluster example on a local fleet of three clusters, stage by stage
+	$(PY) -m e2e.demo_fleet
+
 bench: $(STAMP) ## Benchmarks; results go to docs/BENCHMARKS.md
 	$(PY) -m e2e.bench
 
-.PHONY: help venv lint fmt crds admission test test-unit cluster-up cluster-down cluster-status demo bench
+.PHONY: help venv lint fmt crds admission test test-unit cluster-up cluster-down cluster-status demo demo-fleet bench

@@ -35,18 +35,19 @@ def demo_kubeconfig() -> Path:
     return local.up()
 
 
-def fresh_namespace(api: client.ApiClient) -> None:
+def fresh_namespace(api: client.ApiClient, namespace: str = NAMESPACE) -> None:
+    """Delete the previous demo's namespace (and wait until it is gone), then create it."""
     core = client.CoreV1Api(api)
     try:
-        core.delete_namespace(NAMESPACE)
-        say(f"removing the previous demo namespace {NAMESPACE}")
+        core.delete_namespace(namespace)
+        say(f"removing the previous demo namespace {namespace}")
         while True:
-            core.read_namespace(NAMESPACE)
+            core.read_namespace(namespace)
             time.sleep(0.5)
     except client.ApiException as err:
         if err.status != 404:
             raise
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
 
 
 def show(kubeconfig: Path, *args: str) -> None:

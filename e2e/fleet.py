@@ -75,3 +75,48 @@ def ensure_service_account(target: TargetCluster, namespace: str, name: str) -> 
     except ApiException as err:
         if err.status != 409:
             raise
+
+
+def grant_agent(target: TargetCluster, agents: str, agent: str, work: str) -> None:
+    """Agent ServiceAccount ``agents/agent`` may manage ConfigMaps in ``work``, nothing else."""
+    ensure_service_account(target, agents, agent)
+    api = target_client(target)
+    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    role = {
+        "metadata": {"name": agent},
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "verbs": ["get", "list", "create", "update", "patch"],
+            }
+        ],
+    }
+    binding = {
+        "metadata": {"name": agent},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": agent},
+        "subjects": [{"kind": "ServiceAccount", "name": agent, "namespace": agents}],
+    }
+    for create, args in (
+        (core.create_namespace, ({"metadata": {"name": work}},)),
+        (rbac.create_namespaced_role, (work, role)),
+        (rbac.create_namespaced_role_binding, (work, binding)),
+    ):
+        try:
+            create(*args)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+
+
+def registered(target: TargetCluster, namespace: str, **annotations: str) -> dict[str, Any]:
+    """The target's cluster Secret for an operator whose namespace is ``namespace``."""
+    meta = target.secret["metadata"]
+    return {
+        **target.secret,
+        "metadata": {
+            **meta,
+            "namespace": namespace,
+            "annotations": {**(meta.get("annotations") or {}), **annotations},
+        },
+    }

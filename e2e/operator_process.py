@@ -19,11 +19,13 @@ class OperatorProcess:
         log_path: Path,
         namespaces: list[str],
         extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.namespaces = namespaces
         self.extra_args = extra_args or []
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -37,7 +39,7 @@ class OperatorProcess:
             args,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
+            env={**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig)},
         )
         started = self.log_path.stat().st_size
         deadline = time.monotonic() + 30

@@ -28,7 +28,7 @@ def test_examples_apply_and_show_printer_columns(
     cluster: Path, kloop_crds: list[str], namespace: str
 ) -> None:
     out = kubectl(cluster, "apply", "-n", namespace, "-f", str(EXAMPLES))
-    assert out.count("created") == 4, out
+    assert out.count("created") == 5, out
     table = kubectl(cluster, "get", "-n", namespace, "loops,loopruns")
     for column in ("LAST RUN", "PHASE", "SCHEDULE", "STAGE", "ITERATION", "VERDICT", "TOKENS"):
         assert column in table

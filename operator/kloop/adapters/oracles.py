@@ -7,8 +7,9 @@ Verdicts (docs/security.md):
   Retrying cannot fix these; the Loop must change.
 - ``inconclusive``: the oracle cannot answer now — no answer within ``timeoutSeconds`` (one
   deadline for the whole query: resolution, connections, every read, retries), connection
-  refused, an HTTP error status, not JSON, value missing. The iteration does not pass, the next
-  one asks again, and the iteration cap bounds it: one monitoring outage does not fail a run.
+  refused, an HTTP error status, not JSON, value missing. Unless another grader failed (then the
+  maker iterates), the stage pauses until a human resumes or aborts the run (docs/fleet.md): a
+  monitoring outage neither fails a run nor passes it.
 
 URLs in reasons and logs are redacted (userinfo, secret-looking parameters); values echoed from
 the answer are clipped.
