@@ -274,7 +274,7 @@ def _unreachable_secret(namespace: str) -> Json:
 
 
 @pytest.mark.parametrize(
-    ("cluster", "reason", "says"),
+    ("unusable", "reason", "says"),
     [
         ("nowhere", "ClusterUnavailable", "no cluster Secret named 'nowhere'"),
         ("down", "ClusterUnavailable", "unreachable"),
@@ -286,20 +286,20 @@ def test_a_cluster_the_run_cannot_use_gives_its_reason_and_no_pod(
     api_client: client.ApiClient,
     namespace: str,
     fleet_env: dict[str, TargetCluster],
-    cluster: str,
+    unusable: str,
     reason: str,
     says: str,
 ) -> None:
     core = client.CoreV1Api(api_client)
-    if cluster == "down":
+    if unusable == "down":
         core.create_namespaced_secret(namespace, _unreachable_secret(namespace))
-    if cluster == "fleet-c":
+    if unusable == "fleet-c":
         core.patch_namespaced_secret(
             "fleet-c",
             namespace,
             {"metadata": {"annotations": {"kloop.dev/allowed-namespaces": "team-b-*"}}},
         )
-    create_loop(api_client, namespace, rollout_loop([{"name": "one", "clusters": [cluster]}]))
+    create_loop(api_client, namespace, rollout_loop([{"name": "one", "clusters": [unusable]}]))
     start_run(api_client, namespace, "rollout", "refused")
     status = wait_finished(api_client, namespace, "refused", timeout=60)["status"]
     assert (status["phase"], status["haltReason"]) == ("Failed", reason), status
