@@ -4,6 +4,7 @@ parallel, failure policies, unusable clusters, inconclusive pauses and drift as 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from kloop.core.model import (
     DriftOutcome,
     MeasureDrift,
     ObservedCluster,
+    ObservedPod,
     RecordEvent,
 )
 from tests.unit.builders import Simulation, created, loop_spec, maker_ok, verdict
@@ -242,3 +244,41 @@ def test_stage_events_say_when_a_stage_starts_and_passes() -> None:
     d = sim.finish(ck("p1", 1), verdict("pass"))
     assert any(a.reason == "StagePassed" for a in d.actions if isinstance(a, RecordEvent))
     assert TargetState.PASSED is d.status.stages[0].clusters[0].state
+
+
+def test_an_errored_pod_checker_with_retries_runs_again_before_failing_the_target() -> None:
+    checker = {
+        "name": "tests",
+        "retries": 1,
+        "template": {"spec": {"containers": [{"name": "c", "image": "check:1", "command": ["c"]}]}},
+    }
+    sim = Simulation(loop_spec(checkers=[checker]))
+    sim.step()
+    sim.finish("r-s0-local-i1-maker", maker_ok())
+    sim.now += timedelta(seconds=5)
+    sim.pods[ck("local", 1)] = ObservedPod(
+        ck("local", 1), "Failed", sim.now, 1, "Error", uid=f"uid-{ck('local', 1)}"
+    )
+    d = sim.step()
+    assert created(d) == [f"{ck('local', 1)}-a2"], "attempt 2 of 2"
+    assert [r.verdict for r in d.status.iterations[0].retried] == ["error"]
+    assert any(a.reason == "CheckerRetry" for a in d.actions if isinstance(a, RecordEvent))
+    d = sim.finish(f"{ck('local', 1)}-a2", verdict("pass"))
+    assert d.status.phase is Phase.SUCCEEDED
+
+
+def test_a_pod_checker_out_of_retries_fails_the_target_with_its_error() -> None:
+    checker = {
+        "name": "tests",
+        "retries": 1,
+        "template": {"spec": {"containers": [{"name": "c", "image": "check:1", "command": ["c"]}]}},
+    }
+    sim = Simulation(loop_spec(checkers=[checker]))
+    sim.step()
+    sim.finish("r-s0-local-i1-maker", maker_ok())
+    for name in (ck("local", 1), f"{ck('local', 1)}-a2"):
+        sim.now += timedelta(seconds=5)
+        sim.pods[name] = ObservedPod(name, "Failed", sim.now, 1, "Error", uid=f"uid-{name}")
+        d = sim.step()
+    assert (d.status.phase, d.status.halt_reason) == (Phase.FAILED, "PodFailed")
+    assert len(d.status.iterations[0].retried) == 1

@@ -37,6 +37,7 @@ class Reason(StrEnum):
     SUCCEEDED = "Succeeded"
     TEARING_DOWN = "TearingDown"
     INCONCLUSIVE = "Inconclusive"
+    CHECKER_RETRY = "CheckerRetry"
     DRIFT_DETECTED = "DriftDetected"
     RESUMED = "Resumed"
     STAGE_PASSED = "StagePassed"

@@ -85,6 +85,10 @@ class Checker(KubeModel):
     """The HTTP oracle (kind http)."""
     timeout_seconds: int = Field(default=600, ge=1, le=86400)
     """Wall-clock limit for the checker."""
+    retries: int = Field(default=0, ge=0, le=5)
+    """How often a pod checker that errored (failed, timed out, was lost or untrusted) is run
+    again in the same iteration before its error fails the target. HTTP oracles retry their
+    transport errors within timeoutSeconds; their error verdicts are policy refusals."""
 
 
 class Memory(KubeModel):

@@ -214,7 +214,9 @@ class IterationRecord(KubeModel):
     """When the maker pod was created."""
     finished_at: str | None = None
     """When the decision was taken."""
-    pods: list[TrackedPod] = Field(default_factory=list, max_length=20)
+    retried: list[CheckerRecord] = Field(default_factory=list, max_length=80)
+    """Errored attempts of checkers that were run again (``checkers[].retries``), oldest first."""
+    pods: list[TrackedPod] = Field(default_factory=list, max_length=100)
     """Pods requested for this iteration while it is open (cleared when it ends)."""
     truncated: bool | None = None
     """Reasons, summary or why were shortened to keep status small (see statusIterations)."""

@@ -356,6 +356,7 @@ def _step_target(
         target.end_iteration(p, record, IterationDecision.FAIL, record.maker.summary)
         target.end_target(p, t, reason, record.maker.summary)
         return True
+    target.retry_errored(p, spec, t)
     if target.pod_graders_to_start(p, spec, t) and _halt_if_budget_reached(p, spec, limits):
         return False
     if not target.grade(p, spec, t):

@@ -50,11 +50,21 @@ class PodChecker:
         self.checker = checker
         self.name = checker.name
 
+    def attempt(self, t: Target) -> int:
+        """Which run of this checker in the iteration: 1, then one more per errored retry."""
+        return 1 + sum(r.name == self.name for r in t.record.retried)
+
+    def can_retry(self, t: Target) -> bool:
+        """Whether an error of the current attempt is run again rather than decided on."""
+        return self.attempt(t) <= self.checker.retries
+
     def pod_name(self, p: Pass, t: Target) -> str:
-        """The checker pod of this target's iteration."""
-        return names.pod_name(
+        """The checker pod of this target's iteration (``-a<n>`` from the second attempt)."""
+        name = names.pod_name(
             p.obs.name, t.stage.index, t.cluster, t.record.number, Role.CHECKER, self.name
         )
+        attempt = self.attempt(t)
+        return name if attempt == 1 else f"{name}-a{attempt}"
 
     def needs_pod(self, p: Pass, t: Target) -> bool:
         """True until kloop has asked for the pod."""

@@ -60,7 +60,7 @@ def _shorten(record: IterationRecord, level: tuple[int, int, int, int]) -> bool:
     """Apply one level of caps; True when anything was cut."""
     reason_chars, reasons_kept, summary_chars, why_chars = level
     cut = False
-    for checker in record.checkers:
+    for checker in [*record.checkers, *record.retried]:
         reasons = [truncate(r, reason_chars) for r in checker.reasons[:reasons_kept]]
         reasons = [r for r in reasons if r]
         if reasons != checker.reasons:

@@ -23,7 +23,7 @@ from kloop.core import names
 from kloop.core.assess import PodError, assess_checker, assess_maker
 from kloop.core.context import Pass, Target
 from kloop.core.feedback import feedback
-from kloop.core.graders import LIVE_PHASES, Grader, build_graders, error_record
+from kloop.core.graders import LIVE_PHASES, Grader, PodChecker, build_graders, error_record
 from kloop.core.model import DeletePod, ObservedPod, PodRequest, Role
 from kloop.core.trust import ABSENT, own_pod, request_pod
 
@@ -188,6 +188,26 @@ def pod_graders_to_start(p: Pass, spec: LoopSpec, t: Target) -> bool:
         return False
     recorded = {c.name for c in t.record.checkers}
     return any(g.needs_pod(p, t) for g in build_graders(spec, t.stage) if g.name not in recorded)
+
+
+def retry_errored(p: Pass, spec: LoopSpec, t: Target) -> None:
+    """Pod checkers that errored and have retries left run again; their errors are kept aside."""
+    graders = {g.name: g for g in build_graders(spec, t.stage)}
+    for verdict in [c for c in t.record.checkers if c.verdict == RecordedVerdict.ERROR]:
+        grader = graders.get(verdict.name)
+        if not isinstance(grader, PodChecker) or not grader.can_retry(t):
+            continue
+        attempt = grader.attempt(t)
+        t.record.checkers = [c for c in t.record.checkers if c is not verdict]
+        kept = verdict.model_copy(update={"reasons": [r[:256] for r in verdict.reasons[:1]]})
+        t.record.retried = [*t.record.retried, kept]
+        p.event(
+            Reason.CHECKER_RETRY,
+            f"iteration {t.record.number} ({t.stage.name}/{t.cluster}): checker "
+            f"{verdict.name!r} errored ({'; '.join(verdict.reasons)[:300]}); attempt "
+            f"{attempt + 1} of {grader.checker.retries + 1}",
+            warning=True,
+        )
 
 
 def grade(p: Pass, spec: LoopSpec, t: Target) -> bool:
