@@ -234,3 +234,26 @@ def test_a_pod_the_apiserver_rejects_fails_the_run_with_its_reason(
     assert "quantities must match" in status["message"]
     reasons = {e.reason for e in events_for(api_client, namespace, "rejected")}
     assert "PodRejected" in reasons
+
+
+def test_a_checker_that_errors_once_is_retried_and_the_run_passes(
+    api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    loop = greeting_loop()
+    checker = loop["spec"]["checkers"][0]
+    checker["retries"] = 1
+    script = checker["template"]["spec"]["containers"][0]["args"][0]
+    # the first attempt crashes (its pod name has no -a2 suffix); the second grades as usual
+    checker["template"]["spec"]["containers"][0]["args"] = [
+        'case "$HOSTNAME" in *-a2) ;; *) echo "flaky runner"; exit 3 ;; esac\n' + script
+    ]
+    create_loop(api_client, namespace, loop)
+    start_run(api_client, namespace, "greeting", "retry")
+    status = wait_finished(api_client, namespace, "retry")["status"]
+    first = status["iterations"][0]
+    assert [r["verdict"] for r in first["retried"]] == ["error"], first
+    assert "exited with code 3" in first["retried"][0]["reasons"][0]
+    assert first["checkers"][0]["verdict"] == "fail", "the retry graded the maker's work"
+    assert status["phase"] == "Succeeded", status.get("message")
+    reasons = {e.reason for e in events_for(api_client, namespace, "retry")}
+    assert "CheckerRetry" in reasons
