@@ -282,3 +282,77 @@ def test_a_pod_checker_out_of_retries_fails_the_target_with_its_error() -> None:
         d = sim.step()
     assert (d.status.phase, d.status.halt_reason) == (Phase.FAILED, "PodFailed")
     assert len(d.status.iterations[0].retried) == 1
+
+
+def _fleet(n: int) -> dict[str, dict[str, str]]:
+    return {f"c{i:02d}": {"tier": "prod"} for i in range(n)}
+
+
+def test_a_halting_pass_creates_no_pod_for_any_other_target() -> None:
+    sim = Simulation(loop_spec(stages=[prod(maxParallel=2)]), clusters=FLEET)
+    sim.step()
+    sim.finish(mk("p1", 1), maker_ok())
+    sim.now += timedelta(seconds=5)
+    sim.pods[ck("p1", 1)] = ObservedPod(ck("p1", 1), "Succeeded", sim.now, 0, message="garbage")
+    sim.pods[ck("p1", 1)] = ObservedPod(
+        ck("p1", 1), "Succeeded", sim.now, 0, message="garbage", uid=f"uid-{ck('p1', 1)}"
+    )
+    d = sim.step()
+    assert d.status.phase is Phase.FAILED
+    assert created(d) == [], "p3 must not start after the run failed"
+
+
+def test_an_iterating_target_starts_no_maker_when_another_fails_in_the_same_pass() -> None:
+    sim = Simulation(loop_spec(stages=[prod(maxParallel=2)]), clusters=FLEET)
+    sim.step()
+    sim.finish(mk("p1", 1), maker_ok())
+    sim.finish(mk("p2", 2), maker_ok())
+    sim.now += timedelta(seconds=5)
+    sim.pods[ck("p1", 1)] = ObservedPod(
+        ck("p1", 1),
+        "Succeeded",
+        sim.now,
+        0,
+        message=json.dumps(verdict("fail", "again")),
+        uid=f"uid-{ck('p1', 1)}",
+    )
+    sim.pods[ck("p2", 2)] = ObservedPod(
+        ck("p2", 2), "Failed", sim.now, 1, "Error", uid=f"uid-{ck('p2', 2)}"
+    )
+    d = sim.step()
+    assert d.status.phase is Phase.FAILED
+    assert created(d) == []
+
+
+def test_sixty_parallel_targets_keep_their_open_iterations_and_never_duplicate() -> None:
+    sim = Simulation(loop_spec(stages=[prod()]), clusters=_fleet(60))
+    d = sim.step()
+    assert len(created(d)) == 60
+    for _ in range(3):
+        sim.now += timedelta(seconds=10)
+        assert created(sim.step()) == [], "an idle pass starts nothing"
+    assert len([r for r in sim.status.iterations if r.decision is None]) == 60
+    assert sim.status.iteration == 60
+
+
+def test_a_selector_choosing_more_clusters_than_a_stage_holds_fails_clearly() -> None:
+    d = Simulation(loop_spec(stages=[prod()]), clusters=_fleet(65)).step()
+    assert (d.status.phase, d.status.halt_reason) == (Phase.FAILED, "InvalidLoop")
+    assert "at most 64" in (d.status.message or "")
+    assert created(d) == []
+
+
+def test_a_stage_where_no_cluster_passed_never_passes_whatever_the_allowance() -> None:
+    stages = [
+        {
+            "name": "canary",
+            "clusters": ["gone-1", "gone-2"],
+            "failurePolicy": "Continue",
+            "maxFailedClusters": 2,
+        },
+        {"name": "prod", "clusters": ["local"]},
+    ]
+    d = Simulation(loop_spec(stages=stages)).step()
+    assert (d.status.phase, d.status.halt_reason) == (Phase.FAILED, "ClusterUnavailable")
+    assert "no cluster of the stage passed" in (d.status.message or "")
+    assert created(d) == [], "prod never starts"

@@ -39,6 +39,7 @@ class Reason(StrEnum):
     INCONCLUSIVE = "Inconclusive"
     CHECKER_RETRY = "CheckerRetry"
     DRIFT_DETECTED = "DriftDetected"
+    DRIFT_UNMEASURABLE = "DriftUnmeasurable"
     RESUMED = "Resumed"
     STAGE_PASSED = "StagePassed"
     CLUSTER_FAILED = "ClusterFailed"

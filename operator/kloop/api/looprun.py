@@ -251,7 +251,8 @@ class ClusterProgress(KubeModel):
     drifted_objects: int | None = None
     """Drifted objects at the last check."""
     drift_details: list[str] = Field(default_factory=list, max_length=20)
-    """The drifted objects at the last check (the first 20, shortened)."""
+    """The drifted objects at the last check (the first 5, shortened; the iteration's drift
+    verdict and memory have more). Cleared when the stage passes."""
     reason: str | None = None
     """Why the target ended as it did (e.g. ClusterUnavailable, MaxIterations)."""
     message: str | None = None
@@ -339,7 +340,7 @@ class LoopRunStatus(KubeModel):
     """Tokens, cost and time used."""
     stages: list[StageProgress] = Field(default_factory=list)
     """Per-stage, per-cluster progress."""
-    iterations: list[IterationRecord] = Field(default_factory=list, max_length=50)
+    iterations: list[IterationRecord] = Field(default_factory=list, max_length=100)
     """The latest iterations, oldest first (bounded; memory keeps the long history)."""
     halt_reason: str | None = None
     """Why the run halted (MaxIterations, TokenBudget, ...)."""

@@ -57,6 +57,8 @@ from kloop.core.plan import Limits, StagePlan, build_plan, compute_limits
 from kloop.core.trust import ABSENT, own_pod
 
 RESYNC_SECONDS = 30.0
+MAX_CLUSTERS_PER_STAGE = 64
+"""As many targets as a stage's status holds (``stages[].clusters`` maxItems)."""
 LOOP_MISSING_RETRY_SECONDS = 15.0
 
 
@@ -158,6 +160,14 @@ def _run_steps(p: Pass, spec: LoopSpec) -> None:
 def _start(p: Pass, spec: LoopSpec, limits: Limits, plan: list[StagePlan]) -> None:
     s = p.status
     s.started_at = s.started_at or p.now
+    crowded = [st for st in plan if len(st.clusters) > MAX_CLUSTERS_PER_STAGE]
+    if crowded:
+        message = (
+            f"stage {crowded[0].name!r} selects {len(crowded[0].clusters)} clusters; at most "
+            f"{MAX_CLUSTERS_PER_STAGE} per stage: narrow its clusterSelector or split the stage"
+        )
+        _halt(p, spec, Phase.FAILED, Reason.INVALID_LOOP, message)
+        return
     s.stages = [
         StageProgress(
             name=st.name,
@@ -265,13 +275,15 @@ def _resume_step(p: Pass, stage: StagePlan) -> None:
 def _stage_step(
     p: Pass, spec: LoopSpec, limits: Limits, plan: list[StagePlan], stage: StagePlan
 ) -> None:
-    """Move every target of the stage on, start waiting ones, then judge the stage."""
+    """Move every target of the stage on, judge failures, start waiting ones, judge the stage."""
     progress = p.status.stages[stage.index]
     for cluster in progress.clusters:
         if cluster.state is TargetState.RUNNING and not _step_target(
             p, spec, limits, stage, cluster
         ):
             return  # the run ended
+    if _too_many_failed(p, spec, stage):
+        return
     paused = [c for c in progress.clusters if c.state is TargetState.PAUSED]
     running = sum(c.state is TargetState.RUNNING for c in progress.clusters)
     for cluster in progress.clusters:
@@ -282,12 +294,7 @@ def _stage_step(
         if not _start_target(p, spec, limits, stage, cluster):
             return  # the run ended (a cap was reached)
         running += _running(cluster)  # a cluster it could not use is not running
-    failed = [c for c in progress.clusters if c.state.failed]
-    if len(failed) > stage.failures_allowed:
-        first = failed[0]
-        phase = Phase.HALTED if first.state is TargetState.HALTED else Phase.FAILED
-        reason = target.as_reason(first.reason, Reason.CLUSTER_FAILED)
-        _halt(p, spec, phase, reason, f"{stage.name}/{first.name}: {first.message}")
+    if _too_many_failed(p, spec, stage):
         return
     if paused:
         p.status.phase = Phase.PAUSED
@@ -300,6 +307,22 @@ def _stage_step(
     p.status.phase = Phase.RUNNING
     if all(c.state.finished for c in progress.clusters):
         _advance(p, spec, limits, plan, stage)
+
+
+def _too_many_failed(p: Pass, spec: LoopSpec, stage: StagePlan) -> bool:
+    """Halt the run when more targets failed than the stage allows, or none could pass."""
+    clusters = p.status.stages[stage.index].clusters
+    failed = [c for c in clusters if c.state.failed]
+    nothing_passed = bool(clusters) and len(failed) == len(clusters)
+    if not failed or (len(failed) <= stage.failures_allowed and not nothing_passed):
+        return False
+    last = max(failed, key=lambda c: c.finished_at or "")  # the one that just failed
+    phase = Phase.HALTED if last.state is TargetState.HALTED else Phase.FAILED
+    reason = target.as_reason(last.reason, Reason.CLUSTER_FAILED)
+    within = len(failed) <= stage.failures_allowed
+    why = " (no cluster of the stage passed)" if nothing_passed and within else ""
+    _halt(p, spec, phase, reason, f"{stage.name}/{last.name}: {last.message}{why}")
+    return True
 
 
 def _start_target(
@@ -407,6 +430,8 @@ def _advance(
 ) -> None:
     progress = p.status.stages[stage.index]
     progress.state = StageState.PASSED
+    for cluster in progress.clusters:
+        cluster.drift_details = []  # the count stays; details live in the iterations and memory
     passed = sum(c.state is TargetState.PASSED for c in progress.clusters)
     p.event(
         Reason.STAGE_PASSED,
@@ -478,6 +503,8 @@ def _finish(p: Pass, spec: LoopSpec | None, phase: Phase, reason: Reason, messag
             for cluster in stage.clusters:
                 if not cluster.state.finished:
                     cluster.state = TargetState.HALTED
+    # nothing asked for earlier in this pass starts once the run is over (the teardown aside)
+    p.actions = [a for a in p.actions if not isinstance(a, CreatePod)]
     _delete_live_pods(p, f"run {phase.value.lower()}")
     if spec is None or spec.teardown is None:
         why = "no teardown configured" if spec is not None else "no usable Loop (gone or invalid)"

@@ -22,7 +22,8 @@ from kloop.core.plan import StagePlan
 from kloop.core.trust import ABSENT, own_pod, request_pod
 
 LIVE_PHASES = ("Pending", "Running")
-DRIFT_DETAILS_KEPT = 20
+DRIFT_DETAILS_KEPT = 5
+"""Per target in status: 64 targets of a stage must stay small (the verdict has more)."""
 
 
 class Grader(Protocol):
@@ -179,10 +180,10 @@ class DriftCheck:
                 name=self.name,
                 verdict=RecordedVerdict.ERROR,
                 reasons=[f"drift could not be measured in {t.cluster}: {outcome.error}"[:1024]],
-                error_reason=Reason.DRIFT_DETECTED.value,
+                error_reason=Reason.DRIFT_UNMEASURABLE.value,
             )
         t.progress.drifted_objects = outcome.objects
-        t.progress.drift_details = [d[:256] for d in outcome.details[:DRIFT_DETAILS_KEPT]]
+        t.progress.drift_details = [d[:200] for d in outcome.details[:DRIFT_DETAILS_KEPT]]
         bound = self.drift.max_drifted_objects
         summary = f"{outcome.objects} drifted object(s) in {t.cluster} (maxDriftedObjects={bound})"
         ok = outcome.objects <= bound

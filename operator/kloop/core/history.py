@@ -16,8 +16,9 @@ from collections.abc import Collection
 
 from kloop.api.looprun import IterationRecord, IterationSummary, LoopRunStatus
 
-STATUS_ITERATIONS_MAX = 50
-"""Hard cap on detailed records (the CRD's maxItems for ``status.iterations``)."""
+STATUS_ITERATIONS_MAX = 100
+"""Hard cap on detailed records (the CRD's maxItems for ``status.iterations``): room for the
+open iterations of a stage's 64 parallel targets, and the Loop's ``statusIterations``."""
 RECORDS_BYTES = 160 * 1024
 """All detailed records together, serialized: well below etcd's 1.5 MiB object limit."""
 SLACK = 2
@@ -125,14 +126,15 @@ def bound_status(
             and record.number not in protected
         )
 
-    while len(records) > STATUS_ITERATIONS_MAX or (
-        len(records) > limit and any(foldable(r) for r in records)
+    while any(r.decision is not None for r in records) and (
+        len(records) > STATUS_ITERATIONS_MAX
+        or (len(records) > limit and any(foldable(r) for r in records))
     ):
-        oldest = (
-            records[0]
-            if len(records) > STATUS_ITERATIONS_MAX
-            else next(r for r in records if foldable(r))
+        # an open iteration is never folded: its target is still running on it
+        candidates = (
+            [r for r in records if foldable(r)] if len(records) <= STATUS_ITERATIONS_MAX else []
         )
+        oldest = candidates[0] if candidates else next(r for r in records if r.decision is not None)
         records.remove(oldest)
         status.earlier_iterations = status.earlier_iterations or IterationSummary()
         _fold(status.earlier_iterations, oldest)

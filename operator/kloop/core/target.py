@@ -59,7 +59,7 @@ def end_target(p: Pass, t: Target, reason: Reason | str, message: str) -> None:
     """The target will not pass: Halted for a cap or bound, Failed otherwise; one Event."""
     value = reason.value if isinstance(reason, Reason) else reason
     t.progress.state = TargetState.HALTED if value in HALTING_REASONS else TargetState.FAILED
-    t.progress.reason, t.progress.message = value, message[:1024]
+    t.progress.reason, t.progress.message = value, message[:512]
     t.progress.finished_at = p.now
     p.event(Reason.CLUSTER_FAILED, f"{t.stage.name}/{t.cluster}: {value}: {message}", True)
 
@@ -290,7 +290,7 @@ def verdict(p: Pass, spec: LoopSpec, t: Target) -> IterationDecision | None:
         )
         end_iteration(p, record, IterationDecision.PAUSE, why)
         t.progress.state = TargetState.PAUSED
-        t.progress.message = why[:1024]
+        t.progress.message = why[:512]
         p.event(Reason.INCONCLUSIVE, f"{where}: {why}", warning=True)
         return IterationDecision.PAUSE
     end_iteration(p, record, IterationDecision.SUCCEED, "every grader passed")
