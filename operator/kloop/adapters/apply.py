@@ -143,7 +143,9 @@ async def _create_pod(kube: Kube, snap: Snapshot, action: CreatePod, caches: Cac
     try:
         await _write_inputs(kube, namespace, render_inputs(action.pod, snap.run, owner))
         if action.pod.cluster != LOCAL_CLUSTER:
-            secret_uid = await _write_target(kube, snap, action, caches, manifest)
+            secret_uid = await _mint_or_give_up(kube, snap, action, caches, manifest)
+            if secret_uid is None:
+                return
         pod = await kube.call(
             kube.core.create_namespaced_pod, namespace, manifest, field_validation="Strict"
         )
@@ -165,9 +167,46 @@ async def _create_pod(kube: Kube, snap: Snapshot, action: CreatePod, caches: Cac
                     kube, namespace, names.target_secret_name(action.pod.name), secret_uid
                 )
             return
+        if secret_uid is not None:  # the pod is not ours (or not there): its token must not stay
+            await targets.delete_target_secret(
+                kube, namespace, names.target_secret_name(action.pod.name), secret_uid
+            )
         if not is_status(err, 409):
             raise
         await _adopt_or_reject(kube, snap, action, caches)
+
+
+MINT_ATTEMPTS = 3
+"""Passes in a row a target may fail to mint a token before its pod is given up on."""
+
+
+async def _mint_or_give_up(
+    kube: Kube, snap: Snapshot, action: CreatePod, caches: Caches, manifest: Json
+) -> str | None:
+    """The target Secret's uid; None once the target failed to answer MINT_ATTEMPTS times.
+
+    A target that is down must not hold the run (or its other targets) forever: after a few
+    failed passes the pod counts as rejected, with the target's error, and the core fails that
+    target as it would for any pod the apiserver refused.
+    """
+    key = (snap.run["metadata"]["uid"], action.pod.name)
+    try:
+        secret_uid = await _write_target(kube, snap, action, caches, manifest)
+    except MintRefused:
+        raise
+    except Exception as err:
+        failures = caches.mint_failures.get(key, 0) + 1
+        caches.mint_failures[key] = failures
+        if failures < MINT_ATTEMPTS:
+            raise
+        caches.rejected[key] = (
+            f"cluster {action.pod.cluster!r} unavailable: no token after {failures} tries: "
+            f"{api_message(err)}"
+        )[:1000]
+        log.warning("target unavailable, pod given up", extra={"pod": action.pod.name})
+        return None
+    caches.mint_failures.pop(key, None)
+    return secret_uid
 
 
 async def _write_target(
@@ -480,16 +519,25 @@ async def apply(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) 
             await events.record(kube, snap.run, action.type, action.reason, action.message)
     entries = [a.entry for a in decision.actions if isinstance(a, AppendMemory)]
     await _append_memory(kube, snap, entries)
-    for action in decision.actions:
-        if isinstance(action, CreatePod):
-            await _create_pod(kube, snap, action, caches)
-        elif isinstance(action, DeletePod):
-            await _delete_pod(kube, snap, action, caches)
-        elif isinstance(action, EvaluateOracle):
-            _evaluate_oracle(snap, action, caches)
-        elif isinstance(action, MeasureDrift):
-            _measure_drift(kube, snap, action, caches)
+    failed: list[Exception] = []
+    for action in decision.actions:  # one failing action (a target down) never stops the others
+        try:
+            if isinstance(action, CreatePod):
+                await _create_pod(kube, snap, action, caches)
+            elif isinstance(action, DeletePod):
+                await _delete_pod(kube, snap, action, caches)
+            elif isinstance(action, EvaluateOracle):
+                _evaluate_oracle(snap, action, caches)
+            elif isinstance(action, MeasureDrift):
+                _measure_drift(kube, snap, action, caches)
+        except PermanentWriteError:
+            raise
+        except Exception as err:  # noqa: BLE001 - retried with backoff once the others ran
+            log.warning("action failed: %s: %s", type(action).__name__, err)
+            failed.append(err)
     for pod, secret_uid in snap.ended_targets.items():
         await _forget_target(kube, snap, pod, secret_uid, caches)
     await update_loop_status(kube, snap, decision)
+    if failed:
+        raise failed[0]
     return True

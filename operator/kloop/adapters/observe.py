@@ -53,6 +53,7 @@ class Caches:
     oracles: dict[tuple[str, int, str], OracleOutcome] = field(default_factory=dict)
     rejected: dict[tuple[str, str], str] = field(default_factory=dict)
     created: dict[tuple[str, str], str] = field(default_factory=dict)
+    mint_failures: dict[tuple[str, str], int] = field(default_factory=dict)
     untrusted: dict[tuple[str, str], str] = field(default_factory=dict)
     write_rejected: dict[str, tuple[str, str]] = field(default_factory=dict)
     pending: dict[tuple[str, int, str], asyncio.Task[None]] = field(default_factory=dict)
@@ -80,6 +81,7 @@ class Caches:
         self.oracles = {k: v for k, v in self.oracles.items() if k[0] != uid}
         self.rejected = {k: v for k, v in self.rejected.items() if k[0] != uid}
         self.created = {k: v for k, v in self.created.items() if k[0] != uid}
+        self.mint_failures = {k: v for k, v in self.mint_failures.items() if k[0] != uid}
         self.untrusted = {k: v for k, v in self.untrusted.items() if k[0] != uid}
         self.tokens = {k: v for k, v in self.tokens.items() if k[0] != uid}
         self.cleaned = {k for k in self.cleaned if k[0] != uid}
