@@ -356,3 +356,33 @@ def test_a_stage_where_no_cluster_passed_never_passes_whatever_the_allowance() -
     assert (d.status.phase, d.status.halt_reason) == (Phase.FAILED, "ClusterUnavailable")
     assert "no cluster of the stage passed" in (d.status.message or "")
     assert created(d) == [], "prod never starts"
+
+
+def test_a_checker_placed_in_the_target_is_asked_for_there_and_polled() -> None:
+    checker = {
+        "name": "probe",
+        "placement": "Target",
+        "template": {"spec": {"containers": [{"name": "c", "image": "check:1", "command": ["c"]}]}},
+    }
+    spec = loop_spec(checkers=[checker], stages=[{"name": "canary", "clusters": ["edge"]}])
+    sim = Simulation(spec, clusters={"edge": {}})
+    sim.step()
+    d = sim.finish(mk("edge", 1), maker_ok())
+    request = next(a.pod for a in d.actions if isinstance(a, CreatePod))
+    assert (request.name, request.in_target) == (ck("edge", 1, name="probe"), True)
+    assert d.status.iterations[0].pods[-1].placed_in == "edge"
+    d = sim.step()
+    assert d.requeue_after is not None and d.requeue_after <= 3, "no watch there: poll"
+
+
+def test_placement_target_on_the_local_cluster_runs_in_the_run_namespace() -> None:
+    checker = {
+        "name": "probe",
+        "placement": "Target",
+        "template": {"spec": {"containers": [{"name": "c", "image": "check:1", "command": ["c"]}]}},
+    }
+    sim = Simulation(loop_spec(checkers=[checker]))
+    sim.step()
+    d = sim.finish("r-s0-local-i1-maker", maker_ok())
+    request = next(a.pod for a in d.actions if isinstance(a, CreatePod))
+    assert request.in_target is False

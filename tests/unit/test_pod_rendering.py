@@ -144,3 +144,30 @@ def test_observed_pod_reports_why_it_waits() -> None:
         )
     )
     assert pod.reason == "ErrImageNeverPull"
+
+
+def test_a_pod_placed_in_its_target_has_no_owner_no_memory_and_runs_as_the_agent() -> None:
+    from kloop.adapters.pods import LABEL_RUN_UID, place_in_target
+
+    manifest: dict[str, Any] = {
+        "metadata": {"name": "p", "namespace": "team-a", "labels": {}, "ownerReferences": [{}]},
+        "spec": {
+            "containers": [
+                {
+                    "name": "c",
+                    "volumeMounts": [
+                        {"name": "kloop-memory", "mountPath": "/kloop/memory"},
+                        {"name": "kloop-target", "mountPath": "/kloop/target"},
+                    ],
+                }
+            ],
+            "volumes": [{"name": "kloop-memory"}, {"name": "kloop-target"}],
+        },
+    }
+    placed = place_in_target(manifest, "kloop-agents", "agent", "uid-1")
+    assert placed["metadata"]["namespace"] == "kloop-agents"
+    assert "ownerReferences" not in placed["metadata"]
+    assert placed["metadata"]["labels"][LABEL_RUN_UID] == "uid-1"
+    assert placed["spec"]["serviceAccountName"] == "agent"
+    assert [v["name"] for v in placed["spec"]["volumes"]] == ["kloop-target"]
+    assert manifest["metadata"]["namespace"] == "team-a", "the hub manifest is left as it was"

@@ -22,7 +22,12 @@ from kloop.adapters.kube import (
     owner_reference,
 )
 from kloop.adapters.observe import Caches, Snapshot, drift_key
-from kloop.adapters.pods import render_inputs, render_pod
+from kloop.adapters.pods import (
+    place_in_target,
+    place_object_in_target,
+    render_inputs,
+    render_pod,
+)
 from kloop.api import GROUP, VERSION
 from kloop.api.conditions import Reason
 from kloop.core import names
@@ -139,6 +144,9 @@ async def _create_pod(kube: Kube, snap: Snapshot, action: CreatePod, caches: Cac
         loop.spec.memory_config_map(loop.name),
         owner,
     )
+    if action.pod.in_target:
+        await _create_placed_pod(snap, action, caches, manifest, owner)
+        return
     secret_uid: str | None = None
     try:
         await _write_inputs(kube, namespace, render_inputs(action.pod, snap.run, owner))
@@ -174,6 +182,78 @@ async def _create_pod(kube: Kube, snap: Snapshot, action: CreatePod, caches: Cac
         if not is_status(err, 409):
             raise
         await _adopt_or_reject(kube, snap, action, caches)
+
+
+async def _create_placed_pod(
+    snap: Snapshot, action: CreatePod, caches: Caches, manifest: Json, owner: Json
+) -> None:
+    """Create a pod inside its target cluster (placement Target), with its inputs and kubeconfig.
+
+    It runs in the agent ServiceAccount's namespace there, as that account, and reaches the
+    target's API with a token minted for it (the same kubeconfig a hub pod gets). A refusal is
+    recorded like any rejected pod; a target that does not answer is retried, then given up.
+    """
+    uid = snap.run["metadata"]["uid"]
+    key = (uid, action.pod.name)
+    cluster = action.pod.cluster
+    try:
+        target = await caches.clusters.client(cluster)
+        namespace, account = caches.clusters.agent_account(cluster)
+        inputs = place_object_in_target(render_inputs(action.pod, snap.run, owner), namespace)
+        await _write_inputs(target, namespace, inputs)
+        minted = await caches.clusters.mint(
+            cluster, token_seconds(manifest["spec"].get("activeDeadlineSeconds"))
+        )
+        secret = place_object_in_target(
+            targets.render_target_secret(action.pod.name, snap.run, owner, cluster, minted.text),
+            namespace,
+        )
+        await targets.write_target_secret(target, secret)
+        caches.tokens[(uid, cluster)] = minted.expires_at
+        placed = place_in_target(manifest, namespace, account, uid)
+        pod = await target.call(
+            target.core.create_namespaced_pod, namespace, placed, field_validation="Strict"
+        )
+    except MintRefused as err:
+        caches.rejected[key] = str(err)[:1000]
+        return
+    except Exception as err:
+        if is_permanent(err):
+            caches.rejected[key] = f"cluster {cluster!r} refused the pod: {api_message(err)}"[:1000]
+            return
+        if is_status(err, 409):
+            caches.untrusted[key] = (
+                f"a pod named {action.pod.name} already exists in cluster {cluster!r}: not trusted"
+            )
+            return
+        failures = caches.mint_failures.get(key, 0) + 1
+        caches.mint_failures[key] = failures
+        if failures >= MINT_ATTEMPTS:
+            caches.rejected[key] = (
+                f"cluster {cluster!r} unavailable: pod not created after {failures} tries: "
+                f"{api_message(err)}"
+            )[:1000]
+            return
+        raise
+    caches.created[key] = pod["metadata"]["uid"]
+    PODS_CREATED.labels(action.pod.role.value).inc()
+    log.info("pod created in its target", extra={"pod": action.pod.name, "cluster": cluster})
+
+
+async def _forget_placed(snap: Snapshot, pod: str, cluster: str, caches: Caches) -> None:
+    """Delete a placed pod's inputs and kubeconfig in its target once it ended."""
+    target = await caches.clusters.client(cluster)
+    namespace, _ = caches.clusters.agent_account(cluster)
+    for call, name in (
+        (target.core.delete_namespaced_secret, names.target_secret_name(pod)),
+        (target.core.delete_namespaced_config_map, names.inputs_config_map_name(pod)),
+    ):
+        try:
+            await target.call(call, name, namespace)
+        except Exception as err:
+            if not is_status(err, 404):
+                raise
+    caches.cleaned.add((snap.run["metadata"]["uid"], pod))
 
 
 MINT_ATTEMPTS = 3
@@ -286,6 +366,18 @@ async def _adopt_or_reject(kube: Kube, snap: Snapshot, action: CreatePod, caches
 
 async def _delete_pod(kube: Kube, snap: Snapshot, action: DeletePod, caches: Caches) -> None:
     namespace = snap.run["metadata"]["namespace"]
+    cluster = snap.placed.get(action.name)
+    if cluster is not None:  # it runs in its target: delete it there, with what it was given
+        target = await caches.clusters.client(cluster)
+        there, _ = caches.clusters.agent_account(cluster)
+        try:
+            await target.call(target.core.delete_namespaced_pod, action.name, there)
+        except Exception as err:
+            if not is_status(err, 404):
+                raise
+        await _forget_placed(snap, action.name, cluster, caches)
+        log.info("pod deleted in its target", extra={"pod": action.name, "why": action.why})
+        return
     try:
         await kube.call(kube.core.delete_namespaced_pod, action.name, namespace)
         log.info("pod deleted", extra={"pod": action.name, "why": action.why})
@@ -537,6 +629,11 @@ async def apply(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) 
             failed.append(err)
     for pod, secret_uid in snap.ended_targets.items():
         await _forget_target(kube, snap, pod, secret_uid, caches)
+    for pod, cluster in snap.placed_ended.items():
+        try:
+            await _forget_placed(snap, pod, cluster, caches)
+        except Exception as err:  # noqa: BLE001 - retried on a later pass
+            failed.append(err)
     await update_loop_status(kube, snap, decision)
     if failed:
         raise failed[0]

@@ -239,6 +239,13 @@ class ClusterRegistry:
             raise LookupError(f"cluster {cluster!r} has no usable client: {problem}")
         return Kube(entry.api)
 
+    def agent_account(self, cluster: str) -> tuple[str, str]:
+        """The agent ServiceAccount (namespace, name) the cluster Secret names."""
+        entry = self._clusters.get(cluster)
+        if entry is None or entry.service_account is None:
+            raise MintRefused(f"cluster {cluster!r} names no agent ServiceAccount")
+        return entry.service_account
+
     async def mint(self, cluster: str, seconds: int) -> MintedKubeconfig:
         """A kubeconfig for ``cluster`` with a new token of its agent ServiceAccount.
 

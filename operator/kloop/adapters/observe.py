@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from kloop.adapters.clusters import ClusterRegistry
 from kloop.adapters.egress import EgressGuard
 from kloop.adapters.kube import Json, Kube, is_status
 from kloop.adapters.notify import Notifier
-from kloop.adapters.pods import observe_pod
+from kloop.adapters.pods import LABEL_RUN_UID, observe_pod
 from kloop.api import GROUP, VERSION
 from kloop.api.loop import LoopSpec
 from kloop.api.looprun import LoopRunSpec, LoopRunStatus
@@ -107,6 +108,17 @@ class Snapshot:
     """The run's own pods as read."""
     ended_targets: dict[str, str | None] = field(default_factory=dict)
     """Ended pods of remote targets whose kubeconfig Secret is still to delete -> its uid."""
+    placed: dict[str, str] = field(default_factory=dict)
+    """Pods kloop placed inside a target cluster (placement Target) -> that cluster."""
+    placed_ended: dict[str, str] = field(default_factory=dict)
+    """Of those, the ended ones whose inputs and kubeconfig are still to delete there."""
+
+
+log = logging.getLogger("kloop.observe")
+
+
+def _time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
 
 def _who_set(obj: Json, annotation: str) -> str:
@@ -230,6 +242,13 @@ async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snap
     }
     remembered, memory_conflict = await _memory(kube, namespace, loop, uid, status)
     observed_pods = {p["metadata"]["name"]: observe_pod(p) for p in owned}
+    placed, placed_pods = await _placed_pods(caches, name, uid, status)
+    observed_pods.update(placed_pods)
+    placed_ended = {
+        pod: placed[pod]
+        for pod, seen in placed_pods.items()
+        if seen.phase in ("Succeeded", "Failed") and (uid, pod) not in caches.cleaned
+    }
     for (run_uid, pod), message in caches.rejected.items():
         if run_uid == uid and pod not in observed_pods:
             observed_pods[pod] = ObservedPod(pod, "Failed", reason="Rejected", message=message)
@@ -263,4 +282,44 @@ async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snap
         token_expiry=token_expiry,
     )
     pods_by_name = {p["metadata"]["name"]: p for p in owned}
-    return Snapshot(observed, run, raw_loop, pods_by_name, ended)
+    return Snapshot(observed, run, raw_loop, pods_by_name, ended, placed, placed_ended)
+
+
+async def _placed_pods(
+    caches: Caches, run: str, uid: str, status: LoopRunStatus
+) -> tuple[dict[str, str], dict[str, ObservedPod]]:
+    """The pods kloop placed in target clusters for the open iterations, read from each target.
+
+    A target that does not answer gives its pods as ``Unknown`` (never as gone: that would read
+    as lost): their timeouts still apply, counted from when kloop asked for them.
+    """
+    tracked = {
+        tp.name: tp
+        for r in status.iterations
+        if r.decision is None
+        for tp in r.pods
+        if tp.placed_in
+    }
+    placed = {name: str(tp.placed_in) for name, tp in tracked.items()}
+    found: dict[str, ObservedPod] = {}
+    for cluster in sorted(set(placed.values())):
+        try:
+            target = await caches.clusters.client(cluster)
+            namespace, _ = caches.clusters.agent_account(cluster)
+            pods = await target.call(
+                target.core.list_namespaced_pod,
+                namespace,
+                label_selector=f"{names.LABEL_RUN}={run},{LABEL_RUN_UID}={uid}",
+            )
+        except Exception as err:  # noqa: BLE001 - one target down must not stop the run
+            log.warning("cannot read pods in cluster %s: %s", cluster, err)
+            for name, tp in tracked.items():
+                if tp.placed_in == cluster and tp.uid:
+                    found[name] = ObservedPod(
+                        name, "Unknown", created_at=_time(tp.requested_at), uid=tp.uid
+                    )
+            continue
+        for pod in pods["items"]:
+            if pod["metadata"]["name"] in placed:
+                found[pod["metadata"]["name"]] = observe_pod(pod)
+    return placed, found

@@ -219,3 +219,37 @@ def observe_pod(pod: Json) -> ObservedPod:
         deleting=pod["metadata"].get("deletionTimestamp") is not None,
         uid=pod["metadata"].get("uid") or "",
     )
+
+
+LABEL_RUN_UID = "kloop.dev/run-uid"
+
+
+def place_in_target(manifest: Json, namespace: str, service_account: str, run_uid: str) -> Json:
+    """The pod as it runs inside a target cluster (placement Target).
+
+    In the agent ServiceAccount's namespace, as that ServiceAccount (unless the template names
+    one), with no owner (ownerReferences do not cross clusters: kloop deletes it) and without
+    the memory volume (the memory ConfigMap lives in the operator's cluster). The run's uid is a
+    label, so only this run's pods are read back.
+    """
+    placed = copy.deepcopy(manifest)
+    meta = placed["metadata"]
+    meta["namespace"] = namespace
+    meta.pop("ownerReferences", None)
+    meta["labels"][LABEL_RUN_UID] = run_uid
+    spec = placed["spec"]
+    spec.setdefault("serviceAccountName", service_account)
+    spec["volumes"] = [v for v in spec.get("volumes") or [] if v.get("name") != "kloop-memory"]
+    for container in spec["containers"]:
+        container["volumeMounts"] = [
+            m for m in container.get("volumeMounts") or [] if m.get("name") != "kloop-memory"
+        ]
+    return placed
+
+
+def place_object_in_target(obj: Json, namespace: str) -> Json:
+    """An input ConfigMap or kubeconfig Secret of a pod placed in a target: no owner there."""
+    placed = copy.deepcopy(obj)
+    placed["metadata"]["namespace"] = namespace
+    placed["metadata"].pop("ownerReferences", None)
+    return placed

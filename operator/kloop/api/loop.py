@@ -59,6 +59,13 @@ class HttpOracle(KubeModel):
     """One deadline for the whole query: resolution, connection, every read and retries."""
 
 
+class Placement(StrEnum):
+    """Where a pod checker runs."""
+
+    MANAGEMENT = "Management"
+    TARGET = "Target"
+
+
 class Checker(KubeModel):
     """A grader that is not the maker: a pod (another image, command or args) or an HTTP oracle."""
 
@@ -70,7 +77,11 @@ class Checker(KubeModel):
                     " : (has(self.http) && !has(self.template))",
                     "a checker of kind pod needs template (and no http); "
                     "kind http needs http (and no template)",
-                )
+                ),
+                cel(
+                    "self.kind == 'pod' || !has(self.placement) || self.placement == 'Management'",
+                    "placement Target is for pod checkers: an HTTP oracle is asked by the operator",
+                ),
             ]
         }
     }
@@ -85,6 +96,11 @@ class Checker(KubeModel):
     """The HTTP oracle (kind http)."""
     timeout_seconds: int = Field(default=600, ge=1, le=86400)
     """Wall-clock limit for the checker."""
+    placement: Placement = Placement.MANAGEMENT
+    """Management: the pod runs in the operator's cluster, in the run's namespace, and acts on
+    its target through /kloop/target/kubeconfig (hub and spoke). Target: it runs inside the
+    target cluster, in the namespace of the cluster Secret's agent ServiceAccount, for checks that
+    must run in that cluster's network (pod checkers of remote targets only; no /kloop/memory)."""
     retries: int = Field(default=0, ge=0, le=5)
     """How often a pod checker that errored (failed, timed out, was lost or untrusted) is run
     again in the same iteration before its error fails the target. HTTP oracles retry their

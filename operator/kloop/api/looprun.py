@@ -144,6 +144,9 @@ class TrackedPod(KubeModel):
     """When kloop decided to create it."""
     uid: str | None = None
     """The pod's uid, once kloop has seen the pod it created."""
+    placed_in: str | None = None
+    """The target cluster the pod runs in (a checker with placement Target); else the run's
+    namespace in the operator's cluster."""
 
 
 class Usage(KubeModel):

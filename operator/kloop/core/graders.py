@@ -11,17 +11,25 @@ from __future__ import annotations
 from typing import Protocol
 
 from kloop.api.conditions import Reason
-from kloop.api.loop import DRIFT_GRADER, Checker, CheckerKind, Drift, LoopSpec
+from kloop.api.loop import DRIFT_GRADER, Checker, CheckerKind, Drift, LoopSpec, Placement
 from kloop.api.looprun import CheckerRecord, RecordedVerdict
 from kloop.core import names
 from kloop.core.assess import PodError, assess_checker
 from kloop.core.context import Pass, Target
 from kloop.core.feedback import feedback, maker_json
-from kloop.core.model import DeletePod, EvaluateOracle, MeasureDrift, PodRequest, Role
+from kloop.core.model import (
+    LOCAL_CLUSTER,
+    DeletePod,
+    EvaluateOracle,
+    MeasureDrift,
+    PodRequest,
+    Role,
+)
 from kloop.core.plan import StagePlan
 from kloop.core.trust import ABSENT, own_pod, request_pod
 
 LIVE_PHASES = ("Pending", "Running")
+REMOTE_POLL_SECONDS = 3.0
 DRIFT_DETAILS_KEPT = 5
 """Per target in status: 64 targets of a stage must stay small (the verdict has more)."""
 
@@ -86,6 +94,7 @@ class PodChecker:
                 t.stage.name,
                 t.cluster,
                 checker=self.name,
+                in_target=self.checker.placement is Placement.TARGET and t.cluster != LOCAL_CLUSTER,
                 files={
                     "maker.json": maker_json(p.obs, t.record),
                     "feedback.json": feedback(p.status, t.stage.name, t.cluster, t.record.number),
@@ -104,6 +113,8 @@ class PodChecker:
             return None
         timeout = self.checker.timeout_seconds
         verdict = assess_checker(self.name, pod, timeout, p.obs.now)
+        if verdict is None and any(tp.placed_in for tp in t.record.pods if tp.name == name):
+            p.wake_in.append(REMOTE_POLL_SECONDS)  # no watch on a target's pods: poll them
         if verdict is None:
             if pod.created_at is not None:
                 p.wake_in.append(timeout - (p.obs.now - pod.created_at).total_seconds() + 1)

@@ -130,6 +130,8 @@ class PodRequest:
     cluster: str
     checker: str | None = None
     files: dict[str, str] = field(default_factory=dict)
+    in_target: bool = False
+    """Create the pod inside the target cluster (placement Target), not in the run's namespace."""
 
 
 @dataclass(frozen=True)

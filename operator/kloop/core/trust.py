@@ -56,5 +56,6 @@ def own_pod(p: Pass, tracked: list[TrackedPod], name: str, who: str) -> Observed
 def request_pod(p: Pass, tracked: list[TrackedPod], request: PodRequest) -> None:
     """Ask for a pod, recording in status that kloop is about to create it."""
     if not any(t.name == request.name for t in tracked):
-        tracked.append(TrackedPod(name=request.name, requested_at=p.now))
+        placed_in = request.cluster if request.in_target else None
+        tracked.append(TrackedPod(name=request.name, requested_at=p.now, placed_in=placed_in))
     p.actions.append(CreatePod(request))
