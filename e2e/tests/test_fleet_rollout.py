@@ -125,6 +125,7 @@ kloop-agent report maker --outcome changed --summary "greeting set in $KLOOP_CLU
 
 CHECKER = f"""
 got=$(kubectl get configmap greeting -n {WORK} -o jsonpath='{{.data.greeting}}')
+echo "$KLOOP_CLUSTER says $got"
 if [ "$got" = '{GREETING}' ]; then
   kloop-agent report checker --verdict pass --reason "$KLOOP_CLUSTER says $got"
 else
@@ -337,3 +338,32 @@ def test_an_inconclusive_checker_pauses_the_stage_until_resumed(
     status = wait_finished(api_client, namespace, "unsure", timeout=60)["status"]
     assert status["phase"] == "Succeeded", status
     assert status["stages"][0]["clusters"][0]["resumedBy"].endswith("(unverified)")
+
+
+def test_a_checker_with_placement_target_runs_on_its_clusters_own_node(
+    api_client: client.ApiClient,
+    namespace: str,
+    fleet_env: dict[str, TargetCluster],
+    fleet_node: str,
+) -> None:
+    target = fleet_env["fleet-b"]
+    loop = rollout_loop([{"name": "prod", "clusters": ["fleet-b"]}])
+    checker = loop["spec"]["checkers"][0]
+    checker["name"] = "inside"
+    checker["placement"] = "Target"
+    create_loop(api_client, namespace, loop)
+    start_run(api_client, namespace, "rollout", "placed")
+    status = wait_finished(api_client, namespace, "placed", timeout=240)["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    name = "placed-s0-fleet-b-i1-check-inside"
+    core_b = client.CoreV1Api(target_client(target))
+    pod = core_b.read_namespaced_pod(name, AGENTS)
+    assert pod.spec.node_name == fleet_node, "it ran on the target cluster's own node"
+    assert pod.spec.service_account_name == AGENT
+    assert "fleet-b says hello, world" in core_b.read_namespaced_pod_log(name, AGENTS)
+    verdict = status["iterations"][0]["checkers"][0]
+    assert (verdict["name"], verdict["verdict"]) == ("inside", "pass")
+    assert name not in {p.metadata.name for p in run_pods(api_client, namespace, "placed")}
+    with pytest.raises(ApiException) as gone:
+        core_b.read_namespaced_secret(f"{name}-target", AGENTS)
+    assert gone.value.status == 404, "its kubeconfig is deleted in the target once it ended"
