@@ -69,6 +69,11 @@ def _dir(cluster: str) -> Path:
     return NODES_DIR / cluster
 
 
+def containerd_socket(cluster: str) -> Path:
+    """The grpc socket of containerd B (``ctr --address``)."""
+    return _socket(cluster)
+
+
 def _socket(cluster: str) -> Path:
     return _dir(cluster) / "containerd" / "run" / "containerd.sock"
 
@@ -233,9 +238,13 @@ def _start_mount_namespace(cluster: str) -> int:
     if not processes.running(name):
         private = _dir(cluster) / "device-plugins"
         private.mkdir(parents=True, exist_ok=True)
+        # The copies of the main node's mounts (its pods' network namespaces, rootfs and volume
+        # mounts) are dropped here, in the private namespace only: node B must not hold them.
+        main_mounts = "|".join(["/run/netns/", "/var/run/netns/", f"{STATE_ROOT}/"])
         script = (
-            f"mkdir -p {DEVICE_PLUGINS} && mount --bind {private} {DEVICE_PLUGINS} "
-            "&& exec sleep infinity"
+            f"mkdir -p {DEVICE_PLUGINS} && mount --bind {private} {DEVICE_PLUGINS} && "
+            f"awk '{{print $5}}' /proc/self/mountinfo | grep -E '^({main_mounts})' | sort -r | "
+            'while read -r m; do umount -l "$m"; done; exec sleep infinity'
         )
         argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
         processes.start(name, argv, match="sleep")
@@ -381,20 +390,27 @@ def add_node(cluster: str) -> str:
     return node_name(cluster)
 
 
+def _mount_points(mountinfo: Path) -> set[str]:
+    try:
+        return {line.split()[4] for line in mountinfo.read_text().splitlines()}
+    except OSError:
+        return set()
+
+
 def _netns_of(holder: int | None) -> list[Path]:
-    """Pod network namespaces mounted in node B's mount namespace (only it knows them)."""
+    """Pod network namespaces of node B: mounted in its mount namespace, not in this one.
+
+    A path mounted here belongs to the main node's containerd and is never touched.
+    """
     if holder is None:
         return []
-    try:
-        lines = Path(f"/proc/{holder}/mountinfo").read_text().splitlines()
-    except OSError:
-        return []
-    found = []
-    for line in lines:
-        target = line.split()[4]
-        if target.startswith(NETNS_DIRS):
-            found.append(Path(target))
-    return found
+    ours = _mount_points(Path(f"/proc/{holder}/mountinfo"))
+    main = _mount_points(Path("/proc/self/mountinfo"))
+    return [
+        Path(target)
+        for target in sorted(ours - main)
+        if target.startswith(NETNS_DIRS) and Path(target).name.startswith("cni-")
+    ]
 
 
 def _kill_cgroup_processes(cluster: str) -> None:
