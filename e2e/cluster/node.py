@@ -250,9 +250,15 @@ def _start_mount_namespace(cluster: str) -> int:
         processes.start(name, argv, match="sleep")
     pid = processes.pid_of(name)
     assert pid is not None
-    local.wait_ready(
-        "node mount namespace", lambda: processes.cmdline(pid)[:1] == ["sleep"], 10, name
-    )
+    # Polled by hand: while unshare and sh exec, the command line can read empty for an instant,
+    # which local.wait_ready would take for a dead process.
+    deadline = time.monotonic() + 10
+    while processes.cmdline(pid)[:1] != ["sleep"]:
+        if time.monotonic() > deadline or not Path(f"/proc/{pid}").exists():
+            raise local.ClusterError(
+                f"node mount namespace not ready; log {processes.log_tail(name)}"
+            )
+        time.sleep(0.05)
     return pid
 
 

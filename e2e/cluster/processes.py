@@ -75,7 +75,11 @@ def running(name: str) -> bool:
     if found is None:
         return False
     pid, binary = found
-    return binary in _cmdline(pid) and not _is_zombie(pid)
+    command = _cmdline(pid)
+    if not command and Path(f"/proc/{pid}").exists():
+        time.sleep(0.05)  # a process in execve reads an empty command line for an instant
+        command = _cmdline(pid)
+    return binary in command and not _is_zombie(pid)
 
 
 def log_tail(name: str, lines: int = 30) -> str:
