@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from e2e.cluster import extra, local
+from e2e.cluster import extra, local, node
 from e2e.crds import install_crds
 from e2e.fleet import FLEET, TargetCluster, add_target_cluster
 from e2e.operator_process import OperatorProcess
@@ -93,6 +93,24 @@ def fleet(cluster: Path) -> Iterator[dict[str, TargetCluster]]:
             for name in FLEET:
                 if name not in running_before:
                     extra.remove_cluster(name)
+
+
+NODE_CLUSTER = "fleet-b"
+
+
+@pytest.fixture(scope="session")
+def fleet_node(fleet: dict[str, TargetCluster]) -> Iterator[TargetCluster]:
+    """fleet-b with a node of its own (kubelet ``fleet-b-node``, scheduler); yields fleet-b.
+
+    Removed at the end unless it ran before the session or ``KLOOP_KEEP_CLUSTER=1``.
+    """
+    running_before = node.has_node(NODE_CLUSTER)
+    node.add_node(NODE_CLUSTER)
+    try:
+        yield fleet[NODE_CLUSTER]
+    finally:
+        if not running_before and os.environ.get("KLOOP_KEEP_CLUSTER") != "1":
+            node.remove_node(NODE_CLUSTER)
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,11 @@
-"""CLI: ``python -m e2e.cluster up|down|status|kubeconfig|add-cluster|remove-cluster|...``."""
+"""CLI: ``python -m e2e.cluster up|down|status|add-cluster|remove-cluster|add-node|...``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from e2e.cluster import build, extra, images, kit, local
+from e2e.cluster import build, extra, images, kit, local, node
 from e2e.cluster.paths import ADMIN_KUBECONFIG
 
 
@@ -32,6 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     remove = sub.add_parser("remove-cluster", help="stop an extra cluster's apiserver")
     remove.add_argument("name")
+    add_node = sub.add_parser(
+        "add-node",
+        help="give a running extra cluster its own node (containerd, cni1 bridge, kubelet on "
+        "10260, scheduler); one cluster at a time",
+    )
+    add_node.add_argument("name")
+    remove_node = sub.add_parser("remove-node", help="stop an extra cluster's node, clean up")
+    remove_node.add_argument("name")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -61,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"secret manifest: {added.secret_manifest}")
         elif args.command == "remove-cluster":
             extra.remove_cluster(args.name)
+        elif args.command == "add-node":
+            print(f"node: {node.add_node(args.name)}")
+        elif args.command == "remove-node":
+            node.remove_node(args.name)
     except local.ClusterError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -165,6 +165,14 @@ def add_cluster(
     return ExtraCluster(name, port, kubeconfig, manifest)
 
 
+def server_of(name: str) -> str:
+    """The URL of the extra cluster ``name`` (its port was recorded when it was added)."""
+    port_file = local.CLUSTERS_DIR / f"extra-{name}.port"
+    if not port_file.exists():
+        raise local.ClusterError(f"no extra cluster {name!r}: add-cluster it first")
+    return f"https://{pki.NODE_IP}:{int(port_file.read_text())}"
+
+
 def is_running(name: str) -> bool:
     """Whether the extra cluster's apiserver runs."""
     return processes.running(_process_name(name))

@@ -402,7 +402,7 @@ def _default_service_account() -> bool:
     return _kubectl_ok(ADMIN_KUBECONFIG, "get", "serviceaccount", "default", "-n", "default")
 
 
-def _build_images(kubernetes_src: Path) -> list[Path]:
+def build_images(kubernetes_src: Path) -> list[Path]:
     """The node's image tarballs, built when missing (cached under ~/.cache/kloop/images)."""
     say(f"local images: pause, busybox, {kit.kit_image()}")
     return [
@@ -449,7 +449,7 @@ def up() -> Path:
     started = time.monotonic()
     if is_up():
         ensure_debian_packages()
-        _import_images(_build_images(build.kubernetes_module_dir()))
+        _import_images(build_images(build.kubernetes_module_dir()))
         say(f"already up; KUBECONFIG={ADMIN_KUBECONFIG}")
         return ADMIN_KUBECONFIG
     if STATE_ROOT.exists() and not any_running():
@@ -460,7 +460,7 @@ def up() -> Path:
     ensure_debian_packages()
     etcd_bin = build.build_etcd()
     k8s_bin = build.build_kubernetes()
-    tarballs = _build_images(build.kubernetes_module_dir())
+    tarballs = build_images(build.kubernetes_module_dir())
     say(f"certificates in {PKI}")
     pki.ensure_pki(PKI)
     _ensure_bridge()
@@ -519,6 +519,9 @@ def _delete_pod_netns() -> None:
 
 def down() -> None:
     """Stop every component and container, unmount, and remove the state directory."""
+    from e2e.cluster import node  # node builds on this module
+
+    node.remove_all()
     say("stopping kubelet")
     processes.stop("kubelet")
     _kill_pod_processes()
@@ -550,5 +553,7 @@ def status() -> dict[str, bool]:
         "containerd",
         "kubelet",
     ]
+    from e2e.cluster import node  # node builds on this module
+
     extra = [n for n in processes.started_names() if n.startswith("apiserver-")]
-    return {name: processes.running(name) for name in names + extra}
+    return {name: processes.running(name) for name in names + extra} | node.status()

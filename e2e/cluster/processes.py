@@ -12,8 +12,14 @@ from pathlib import Path
 from e2e.cluster.paths import LOGS, PIDS
 
 
-def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
-    """Start ``argv`` in its own session, logging to LOGS/<name>.log; return its pid."""
+def start(
+    name: str, argv: list[str], env: dict[str, str] | None = None, match: str | None = None
+) -> int:
+    """Start ``argv`` in its own session, logging to LOGS/<name>.log; return its pid.
+
+    ``match`` is what the live process's command line must contain for :func:`running` (default
+    ``argv[0]``); give it when ``argv[0]`` execs another program (``nsenter``, ``unshare``).
+    """
     LOGS.mkdir(parents=True, exist_ok=True)
     PIDS.mkdir(parents=True, exist_ok=True)
     log = (LOGS / f"{name}.log").open("ab")
@@ -25,7 +31,7 @@ def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
         start_new_session=True,
         env={**os.environ, **(env or {})},
     )
-    (PIDS / f"{name}.pid").write_text(f"{proc.pid}\n{argv[0]}\n")
+    (PIDS / f"{name}.pid").write_text(f"{proc.pid}\n{match or argv[0]}\n")
     return proc.pid
 
 
@@ -69,7 +75,11 @@ def running(name: str) -> bool:
     if found is None:
         return False
     pid, binary = found
-    return binary in _cmdline(pid) and not _is_zombie(pid)
+    command = _cmdline(pid)
+    if not command and Path(f"/proc/{pid}").exists():
+        time.sleep(0.05)  # a process in execve reads an empty command line for an instant
+        command = _cmdline(pid)
+    return binary in command and not _is_zombie(pid)
 
 
 def log_tail(name: str, lines: int = 30) -> str:
