@@ -344,9 +344,9 @@ def test_a_checker_with_placement_target_runs_on_its_clusters_own_node(
     api_client: client.ApiClient,
     namespace: str,
     fleet_env: dict[str, TargetCluster],
-    fleet_node: str,
+    fleet_node: TargetCluster,
 ) -> None:
-    target = fleet_env["fleet-b"]
+    target = fleet_node  # fleet-b, with a kubelet of its own: fleet-b-node
     loop = rollout_loop([{"name": "prod", "clusters": ["fleet-b"]}])
     checker = loop["spec"]["checkers"][0]
     checker["name"] = "inside"
@@ -355,10 +355,11 @@ def test_a_checker_with_placement_target_runs_on_its_clusters_own_node(
     start_run(api_client, namespace, "rollout", "placed")
     status = wait_finished(api_client, namespace, "placed", timeout=240)["status"]
     assert status["phase"] == "Succeeded", status.get("message")
-    name = "placed-s0-fleet-b-i1-check-inside"
+    run_uid = get_run(api_client, namespace, "placed")["metadata"]["uid"]
+    name = f"placed-s0-fleet-b-i1-check-inside-{run_uid[:8]}"
     core_b = client.CoreV1Api(target_client(target))
     pod = core_b.read_namespaced_pod(name, AGENTS)
-    assert pod.spec.node_name == fleet_node, "it ran on the target cluster's own node"
+    assert pod.spec.node_name == "fleet-b-node", "it ran on the target cluster's own node"
     assert pod.spec.service_account_name == AGENT
     assert "fleet-b says hello, world" in core_b.read_namespaced_pod_log(name, AGENTS)
     verdict = status["iterations"][0]["checkers"][0]

@@ -369,7 +369,7 @@ def test_a_checker_placed_in_the_target_is_asked_for_there_and_polled() -> None:
     sim.step()
     d = sim.finish(mk("edge", 1), maker_ok())
     request = next(a.pod for a in d.actions if isinstance(a, CreatePod))
-    assert (request.name, request.in_target) == (ck("edge", 1, name="probe"), True)
+    assert (request.name, request.in_target) == (ck("edge", 1, name="probe") + "-uid-1", True)
     assert d.status.iterations[0].pods[-1].placed_in == "edge"
     d = sim.step()
     assert d.requeue_after is not None and d.requeue_after <= 3, "no watch there: poll"

@@ -73,7 +73,15 @@ class PodChecker:
             p.obs.name, t.stage.index, t.cluster, t.record.number, Role.CHECKER, self.name
         )
         attempt = self.attempt(t)
-        return name if attempt == 1 else f"{name}-a{attempt}"
+        if attempt > 1:
+            name = f"{name}-a{attempt}"
+        if self.placed_in_target(t):  # many runs share the agent namespace there: make it unique
+            name = f"{name}-{p.obs.uid[:8]}"
+        return name
+
+    def placed_in_target(self, t: Target) -> bool:
+        """Whether its pod runs inside the target cluster rather than in the run's namespace."""
+        return self.checker.placement is Placement.TARGET and t.cluster != LOCAL_CLUSTER
 
     def needs_pod(self, p: Pass, t: Target) -> bool:
         """True until kloop has asked for the pod."""
@@ -94,7 +102,7 @@ class PodChecker:
                 t.stage.name,
                 t.cluster,
                 checker=self.name,
-                in_target=self.checker.placement is Placement.TARGET and t.cluster != LOCAL_CLUSTER,
+                in_target=self.placed_in_target(t),
                 files={
                     "maker.json": maker_json(p.obs, t.record),
                     "feedback.json": feedback(p.status, t.stage.name, t.cluster, t.record.number),
