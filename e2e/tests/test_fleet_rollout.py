@@ -8,6 +8,7 @@ The operator runs as a host process whose namespace for cluster Secrets is the t
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -365,6 +366,18 @@ def test_a_checker_with_placement_target_runs_on_its_clusters_own_node(
     verdict = status["iterations"][0]["checkers"][0]
     assert (verdict["name"], verdict["verdict"]) == ("inside", "pass")
     assert name not in {p.metadata.name for p in run_pods(api_client, namespace, "placed")}
-    with pytest.raises(ApiException) as gone:
-        core_b.read_namespaced_secret(f"{name}-target", AGENTS)
-    assert gone.value.status == 404, "its kubeconfig is deleted in the target once it ended"
+
+    def deleted(read: Any, what: str) -> bool:
+        try:
+            read(what, AGENTS)
+        except ApiException as err:
+            return err.status == 404
+        return False
+
+    for read, what in (
+        (core_b.read_namespaced_secret, f"{name}-target"),
+        (core_b.read_namespaced_config_map, f"{name}-in"),
+    ):
+        wait_for(f"{what} deleted", functools.partial(deleted, read, what), 30)
+    assert get_run(api_client, namespace, "placed")["status"].get("placedPods", []) == []
+    core_b.delete_namespaced_pod(name, AGENTS)  # placed pods are not garbage-collected

@@ -63,6 +63,7 @@ def observe(
     created: dict[str, str] | None = None,
     drift: dict[tuple[int, str], DriftOutcome] | None = None,
     resumes: dict[int, str] | None = None,
+    placed_cleaned: frozenset[str] = frozenset(),
 ) -> ObservedRun:
     return ObservedRun(
         name=RUN,
@@ -83,6 +84,7 @@ def observe(
         },
         drift=drift or {},
         resumes=resumes or {},
+        placed_cleaned=placed_cleaned,
         uid="uid-1",
         memory_conflict=memory_conflict,
         write_rejected=write_rejected,

@@ -386,3 +386,35 @@ def test_placement_target_on_the_local_cluster_runs_in_the_run_namespace() -> No
     d = sim.finish("r-s0-local-i1-maker", maker_ok())
     request = next(a.pod for a in d.actions if isinstance(a, CreatePod))
     assert request.in_target is False
+
+
+def _placed_sim() -> Simulation:
+    checker = {
+        "name": "probe",
+        "placement": "Target",
+        "template": {"spec": {"containers": [{"name": "c", "image": "check:1", "command": ["c"]}]}},
+    }
+    spec = loop_spec(checkers=[checker], stages=[{"name": "canary", "clusters": ["edge"]}])
+    edge = ObservedCluster("edge", {}, ClusterState.READY, agent_namespace="kloop-agents")
+    return Simulation(spec, clusters={"edge": edge})
+
+
+def test_a_placed_pod_is_remembered_apart_from_its_iteration_until_cleaned_up() -> None:
+    sim = _placed_sim()
+    sim.step()
+    sim.finish(mk("edge", 1), maker_ok())
+    name = ck("edge", 1, name="probe") + "-uid-1"
+    placed = sim.status.placed_pods
+    assert [(t.name, t.placed_in, t.namespace) for t in placed] == [(name, "edge", "kloop-agents")]
+    sim.kwargs["aborted_by"] = "bob"
+    d = sim.step()
+    assert d.status.phase is Phase.HALTED
+    assert any(isinstance(a, DeletePod) and a.name == name for a in d.actions)
+    assert [t.name for t in d.status.placed_pods] == [name], "kept until its target is clean"
+    assert d.status.placed_pods[0].uid == f"uid-{name}"
+    sim.pods[name] = ObservedPod(name, "Unknown", uid=f"uid-{name}")  # the target stops answering
+    d = sim.step()
+    assert any(isinstance(a, DeletePod) and a.name == name for a in d.actions), "asked again"
+    del sim.pods[name]
+    sim.kwargs["placed_cleaned"] = frozenset({name})
+    assert sim.step().status.placed_pods == []

@@ -9,6 +9,7 @@ by run uid and iteration).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from kloop.adapters import drift, events, memory, oracles, targets
@@ -192,10 +193,12 @@ async def _create_placed_pod(
     It runs in the agent ServiceAccount's namespace there, as that account, and reaches the
     target's API with a token minted for it (the same kubeconfig a hub pod gets). A refusal is
     recorded like any rejected pod; a target that does not answer is retried, then given up.
+    Whatever was written for a pod that is not created is removed again.
     """
     uid = snap.run["metadata"]["uid"]
     key = (uid, action.pod.name)
     cluster = action.pod.cluster
+    namespace: str | None = None
     try:
         target = await caches.clusters.client(cluster)
         namespace, account = caches.clusters.agent_account(cluster)
@@ -214,36 +217,46 @@ async def _create_placed_pod(
         pod = await target.call(
             target.core.create_namespaced_pod, namespace, placed, field_validation="Strict"
         )
-    except MintRefused as err:
-        caches.rejected[key] = str(err)[:1000]
-        return
     except Exception as err:
-        if is_permanent(err):
-            caches.rejected[key] = f"cluster {cluster!r} refused the pod: {api_message(err)}"[:1000]
-            return
-        if is_status(err, 409):
-            caches.untrusted[key] = (
-                f"a pod named {action.pod.name} already exists in cluster {cluster!r}: not trusted"
-            )
-            return
-        failures = caches.mint_failures.get(key, 0) + 1
-        caches.mint_failures[key] = failures
-        if failures >= MINT_ATTEMPTS:
-            caches.rejected[key] = (
-                f"cluster {cluster!r} unavailable: pod not created after {failures} tries: "
-                f"{api_message(err)}"
-            )[:1000]
-            return
-        raise
+        given_up = _placed_failure(caches, key, cluster, err)
+        if given_up and namespace is not None:
+            with contextlib.suppress(Exception):  # best effort: cleanup retries it later
+                await _remove_placed_inputs(caches, action.pod.name, cluster, namespace)
+        if not given_up:
+            raise
+        return
     caches.created[key] = pod["metadata"]["uid"]
+    caches.cleaned.discard(key)
+    caches.mint_failures.pop(key, None)
     PODS_CREATED.labels(action.pod.role.value).inc()
     log.info("pod created in its target", extra={"pod": action.pod.name, "cluster": cluster})
 
 
-async def _forget_placed(snap: Snapshot, pod: str, cluster: str, caches: Caches) -> None:
-    """Delete a placed pod's inputs and kubeconfig in its target once it ended."""
+def _placed_failure(caches: Caches, key: tuple[str, str], cluster: str, err: BaseException) -> bool:
+    """Record why a placed pod was not created; False when it is worth another pass."""
+    if isinstance(err, MintRefused):
+        caches.rejected[key] = str(err)[:1000]
+    elif is_permanent(err):
+        caches.rejected[key] = f"cluster {cluster!r} refused the pod: {api_message(err)}"[:1000]
+    elif is_status(err, 409):
+        caches.untrusted[key] = (
+            f"a pod named {key[1]} already exists in cluster {cluster!r}: not trusted"
+        )
+    else:
+        failures = caches.mint_failures.get(key, 0) + 1
+        caches.mint_failures[key] = failures
+        if failures < MINT_ATTEMPTS:
+            return False
+        caches.rejected[key] = (
+            f"cluster {cluster!r} unavailable: pod not created after {failures} tries: "
+            f"{api_message(err)}"
+        )[:1000]
+    return True
+
+
+async def _remove_placed_inputs(caches: Caches, pod: str, cluster: str, namespace: str) -> None:
+    """Delete a placed pod's inputs ConfigMap and kubeconfig Secret in its target (404 is fine)."""
     target = await caches.clusters.client(cluster)
-    namespace, _ = caches.clusters.agent_account(cluster)
     for call, name in (
         (target.core.delete_namespaced_secret, names.target_secret_name(pod)),
         (target.core.delete_namespaced_config_map, names.inputs_config_map_name(pod)),
@@ -253,6 +266,11 @@ async def _forget_placed(snap: Snapshot, pod: str, cluster: str, caches: Caches)
         except Exception as err:
             if not is_status(err, 404):
                 raise
+
+
+async def _forget_placed(snap: Snapshot, pod: str, where: tuple[str, str], caches: Caches) -> None:
+    """Delete a placed pod's inputs and kubeconfig in its target once it ended (or is gone)."""
+    await _remove_placed_inputs(caches, pod, *where)
     caches.cleaned.add((snap.run["metadata"]["uid"], pod))
 
 
@@ -366,16 +384,15 @@ async def _adopt_or_reject(kube: Kube, snap: Snapshot, action: CreatePod, caches
 
 async def _delete_pod(kube: Kube, snap: Snapshot, action: DeletePod, caches: Caches) -> None:
     namespace = snap.run["metadata"]["namespace"]
-    cluster = snap.placed.get(action.name)
-    if cluster is not None:  # it runs in its target: delete it there, with what it was given
-        target = await caches.clusters.client(cluster)
-        there, _ = caches.clusters.agent_account(cluster)
+    where = snap.placed.get(action.name)
+    if where is not None:  # it runs in its target: delete it there, with what it was given
+        target = await caches.clusters.client(where[0])
         try:
-            await target.call(target.core.delete_namespaced_pod, action.name, there)
+            await target.call(target.core.delete_namespaced_pod, action.name, where[1])
         except Exception as err:
             if not is_status(err, 404):
                 raise
-        await _forget_placed(snap, action.name, cluster, caches)
+        await _forget_placed(snap, action.name, where, caches)
         log.info("pod deleted in its target", extra={"pod": action.name, "why": action.why})
         return
     try:
@@ -629,9 +646,9 @@ async def apply(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) 
             failed.append(err)
     for pod, secret_uid in snap.ended_targets.items():
         await _forget_target(kube, snap, pod, secret_uid, caches)
-    for pod, cluster in snap.placed_ended.items():
+    for pod, where in snap.placed_ended.items():
         try:
-            await _forget_placed(snap, pod, cluster, caches)
+            await _forget_placed(snap, pod, where, caches)
         except Exception as err:  # noqa: BLE001 - retried on a later pass
             failed.append(err)
     await update_loop_status(kube, snap, decision)

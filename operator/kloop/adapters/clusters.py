@@ -196,6 +196,7 @@ class ClusterRegistry:
         entry = self._entry(secret)
         if entry.problem is not None:
             return ObservedCluster(name, labels, ClusterState.UNAVAILABLE, entry.problem)
+        agents = entry.service_account[0] if entry.service_account else None
         error = await self._probe(entry)
         if error is not None:
             assert entry.endpoint is not None
@@ -204,8 +205,9 @@ class ClusterRegistry:
                 labels,
                 ClusterState.UNAVAILABLE,
                 f"apiserver {entry.endpoint.server} unreachable: {error}",
+                agents,
             )
-        return ObservedCluster(name, labels, ClusterState.READY)
+        return ObservedCluster(name, labels, ClusterState.READY, agent_namespace=agents)
 
     async def observe(self, kube: Kube, run_namespace: str) -> dict[str, ObservedCluster]:
         """Every cluster with its state for a run in ``run_namespace``; ``local`` is READY.

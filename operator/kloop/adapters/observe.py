@@ -108,9 +108,9 @@ class Snapshot:
     """The run's own pods as read."""
     ended_targets: dict[str, str | None] = field(default_factory=dict)
     """Ended pods of remote targets whose kubeconfig Secret is still to delete -> its uid."""
-    placed: dict[str, str] = field(default_factory=dict)
-    """Pods kloop placed inside a target cluster (placement Target) -> that cluster."""
-    placed_ended: dict[str, str] = field(default_factory=dict)
+    placed: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Pods kloop placed inside a target cluster (placement Target) -> (cluster, namespace)."""
+    placed_ended: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Of those, the ended ones whose inputs and kubeconfig are still to delete there."""
 
 
@@ -244,10 +244,15 @@ async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snap
     observed_pods = {p["metadata"]["name"]: observe_pod(p) for p in owned}
     placed, placed_pods = await _placed_pods(caches, name, uid, status)
     observed_pods.update(placed_pods)
-    placed_ended = {
-        pod: placed[pod]
-        for pod, seen in placed_pods.items()
-        if seen.phase in ("Succeeded", "Failed") and (uid, pod) not in caches.cleaned
+    placed_ended = {  # ended, or gone (never created, deleted): clean up what it was given
+        pod: where
+        for pod, where in placed.items()
+        if (uid, pod) not in caches.cleaned
+        and (
+            placed_pods[pod].phase in ("Succeeded", "Failed")
+            if pod in placed_pods
+            else (uid, pod) in caches.created or (uid, pod) in caches.rejected
+        )
     }
     for (run_uid, pod), message in caches.rejected.items():
         if run_uid == uid and pod not in observed_pods:
@@ -280,6 +285,7 @@ async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snap
         created={pod: pod_uid for (u, pod), pod_uid in caches.created.items() if u == uid},
         write_rejected=caches.write_rejected.get(uid),
         token_expiry=token_expiry,
+        placed_cleaned=frozenset(pod for (u, pod) in caches.cleaned if u == uid),
     )
     pods_by_name = {p["metadata"]["name"]: p for p in owned}
     return Snapshot(observed, run, raw_loop, pods_by_name, ended, placed, placed_ended)
@@ -287,25 +293,29 @@ async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snap
 
 async def _placed_pods(
     caches: Caches, run: str, uid: str, status: LoopRunStatus
-) -> tuple[dict[str, str], dict[str, ObservedPod]]:
-    """The pods kloop placed in target clusters for the open iterations, read from each target.
+) -> tuple[dict[str, tuple[str, str]], dict[str, ObservedPod]]:
+    """The pods kloop placed in target clusters and has not cleaned up, read from each target.
 
-    A target that does not answer gives its pods as ``Unknown`` (never as gone: that would read
-    as lost): their timeouts still apply, counted from when kloop asked for them.
+    They come from ``status.placedPods`` (kept after their iteration closed, so a failed delete
+    or cleanup is retried). A target that does not answer gives its pods as ``Unknown`` (never
+    as gone: that would read as lost): their timeouts still apply from when kloop asked.
     """
-    tracked = {
-        tp.name: tp
-        for r in status.iterations
-        if r.decision is None
-        for tp in r.pods
-        if tp.placed_in
-    }
-    placed = {name: str(tp.placed_in) for name, tp in tracked.items()}
+    tracked = {tp.name: tp for tp in status.placed_pods if tp.placed_in}
+    placed: dict[str, tuple[str, str]] = {}
+    for name, tp in tracked.items():
+        cluster = str(tp.placed_in)
+        namespace = tp.namespace
+        if namespace is None:
+            try:
+                namespace = caches.clusters.agent_account(cluster)[0]
+            except Exception:  # noqa: BLE001 - the cluster Secret changed: nowhere to look
+                continue
+        placed[name] = (cluster, namespace)
     found: dict[str, ObservedPod] = {}
-    for cluster in sorted(set(placed.values())):
+    for where in sorted(set(placed.values())):
+        cluster, namespace = where
         try:
             target = await caches.clusters.client(cluster)
-            namespace, _ = caches.clusters.agent_account(cluster)
             pods = await target.call(
                 target.core.list_namespaced_pod,
                 namespace,
@@ -313,11 +323,12 @@ async def _placed_pods(
             )
         except Exception as err:  # noqa: BLE001 - one target down must not stop the run
             log.warning("cannot read pods in cluster %s: %s", cluster, err)
-            for name, tp in tracked.items():
-                if tp.placed_in == cluster and tp.uid:
-                    found[name] = ObservedPod(
-                        name, "Unknown", created_at=_time(tp.requested_at), uid=tp.uid
-                    )
+            for name, at in placed.items():
+                if at == where:
+                    tp = tracked[name]
+                    known = tp.uid or caches.created.get((uid, name)) or ""
+                    started = _time(tp.requested_at)
+                    found[name] = ObservedPod(name, "Unknown", created_at=started, uid=known)
             continue
         for pod in pods["items"]:
             if pod["metadata"]["name"] in placed:

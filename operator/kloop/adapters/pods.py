@@ -227,9 +227,10 @@ LABEL_RUN_UID = "kloop.dev/run-uid"
 def place_in_target(manifest: Json, namespace: str, service_account: str, run_uid: str) -> Json:
     """The pod as it runs inside a target cluster (placement Target).
 
-    In the agent ServiceAccount's namespace, as that ServiceAccount (unless the template names
-    one), with no owner (ownerReferences do not cross clusters: kloop deletes it) and without
-    the memory volume (the memory ConfigMap lives in the operator's cluster). The run's uid is a
+    In the agent ServiceAccount's namespace, as that ServiceAccount (whatever the template says)
+    with no token mounted (it has the minted kubeconfig), with no owner (ownerReferences do not
+    cross clusters: kloop deletes it) and without the memory and skills volumes (those
+    ConfigMaps live in the operator's cluster). The run's uid is a
     label, so only this run's pods are read back.
     """
     placed = copy.deepcopy(manifest)
@@ -238,11 +239,18 @@ def place_in_target(manifest: Json, namespace: str, service_account: str, run_ui
     meta.pop("ownerReferences", None)
     meta["labels"][LABEL_RUN_UID] = run_uid
     spec = placed["spec"]
-    spec.setdefault("serviceAccountName", service_account)
-    spec["volumes"] = [v for v in spec.get("volumes") or [] if v.get("name") != "kloop-memory"]
+    # the agent's identity there is the cluster owner's choice, not the Loop author's
+    spec["serviceAccountName"] = service_account
+    spec["automountServiceAccountToken"] = False
+    spec.pop("serviceAccount", None)
+
+    def stays(name: str | None) -> bool:  # memory and skills live in the operator's cluster
+        return not (name or "").startswith(("kloop-memory", "kloop-skill-"))
+
+    spec["volumes"] = [v for v in spec.get("volumes") or [] if stays(v.get("name"))]
     for container in spec["containers"]:
         container["volumeMounts"] = [
-            m for m in container.get("volumeMounts") or [] if m.get("name") != "kloop-memory"
+            m for m in container.get("volumeMounts") or [] if stays(m.get("name"))
         ]
     return placed
 

@@ -147,6 +147,8 @@ class TrackedPod(KubeModel):
     placed_in: str | None = None
     """The target cluster the pod runs in (a checker with placement Target); else the run's
     namespace in the operator's cluster."""
+    namespace: str | None = None
+    """For a pod placed in a target cluster: its namespace there."""
 
 
 class Usage(KubeModel):
@@ -365,6 +367,9 @@ class LoopRunStatus(KubeModel):
     """Kopf's bookkeeping, kept in status so it never shows as GitOps drift."""
     earlier_iterations: IterationSummary | None = None
     """Iterations older than those kept in ``iterations`` (the Loop's statusIterations)."""
+    placed_pods: list[TrackedPod] = Field(default_factory=list, max_length=200)
+    """Pods placed in target clusters whose inputs and kubeconfig are not cleaned up yet: kept
+    apart from the iterations, so a failed delete or cleanup is retried after they close."""
     clusters_passed: str | None = None
     """Clusters of the current stage that passed, of all its clusters (e.g. ``2/3``)."""
     memory_recorded_through: int | None = None

@@ -37,7 +37,7 @@ from kloop.core.assess import PodError, pod_error
 from kloop.core.conditions import summarize
 from kloop.core.context import Pass, Target, parse_time
 from kloop.core.feedback import feedback, previous_record
-from kloop.core.graders import LIVE_PHASES
+from kloop.core.graders import LIVE_PHASES, REMOTE_POLL_SECONDS
 from kloop.core.history import bound_status
 from kloop.core.memory import memory_entry
 from kloop.core.model import (
@@ -72,6 +72,7 @@ def decide(obs: ObservedRun) -> Decision:
         _loop_unavailable_step(p)
     else:
         _run_steps(p, spec)
+    _prune_placed(p)
     keep = spec.status_iterations if spec is not None else None
     bound_status(p.status, keep, obs.memory_iterations, _feedback_sources(p.status))
     _memory_step(p)
@@ -520,6 +521,24 @@ def _finish(p: Pass, spec: LoopSpec | None, phase: Phase, reason: Reason, messag
         return
     s.teardown = TeardownProgress(state=TeardownState.RUNNING, pod=name, requested_at=p.now)
     _teardown_step(p, spec)
+
+
+def _prune_placed(p: Pass) -> None:
+    """Forget placed pods that ended (or are gone) once their target holds nothing else of them.
+
+    Their uids are kept in step with the iterations' records (``trust.own_pod``), so a restarted
+    operator that cannot reach the target still knows which pod it was.
+    """
+    kept = []
+    for tracked in p.status.placed_pods:
+        pod = p.obs.pods.get(tracked.name)
+        over = pod is None or pod.phase in ("Succeeded", "Failed")
+        if not (over and tracked.name in p.obs.placed_cleaned):
+            kept.append(tracked)
+    if len(kept) != len(p.status.placed_pods):
+        p.status.placed_pods = kept
+    if kept:
+        p.wake_in.append(REMOTE_POLL_SECONDS)  # nothing watches a target's pods
 
 
 def _is_live(pod: ObservedPod) -> bool:

@@ -28,7 +28,9 @@ from kloop.core.model import (
 from kloop.core.plan import StagePlan
 from kloop.core.trust import ABSENT, own_pod, request_pod
 
-LIVE_PHASES = ("Pending", "Running")
+LIVE_PHASES = ("Pending", "Running", "Unknown")
+"""Phases of a pod to delete when it is no longer wanted (Unknown: its node or cluster is not
+answering; it may still run)."""
 REMOTE_POLL_SECONDS = 3.0
 DRIFT_DETAILS_KEPT = 5
 """Per target in status: 64 targets of a stage must stay small (the verdict has more)."""

@@ -67,6 +67,8 @@ class ObservedCluster:
     labels: dict[str, str] = field(default_factory=dict)
     state: ClusterState = ClusterState.READY
     message: str | None = None
+    agent_namespace: str | None = None
+    """Where pods placed in this cluster run: the namespace of its agent ServiceAccount."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ class ObservedRun:
     """Drift measured for (iteration, cluster)."""
     token_expiry: dict[str, str] = field(default_factory=dict)
     """For each target cluster, when the token minted for its latest agent pod expires."""
+    placed_cleaned: frozenset[str] = frozenset()
+    """Placed pods whose inputs and kubeconfig are gone from their target cluster."""
     resumes: dict[int, str] = field(default_factory=dict)
     """Paused iterations a human resumed (``kloop.dev/resume``), with who resumed them."""
 
@@ -203,4 +207,5 @@ class Decision:
 def run_is_over(status: LoopRunStatus) -> bool:
     """A final phase, and no teardown still running."""
     teardown_done = status.teardown is None or status.teardown.state != TeardownState.RUNNING
-    return status.phase is not None and status.phase.finished and teardown_done
+    finished = status.phase is not None and status.phase.finished
+    return finished and teardown_done and not status.placed_pods  # targets cleaned up too

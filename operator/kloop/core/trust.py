@@ -50,12 +50,22 @@ def own_pod(p: Pass, tracked: list[TrackedPod], name: str, who: str) -> Observed
             f"{expected}): its result is not trusted",
         )
     entry.uid = pod.uid or None
+    if entry.placed_in:  # the run's list of placed pods outlives the iteration: keep it in step
+        for placed in p.status.placed_pods:
+            if placed.name == name:
+                placed.uid = entry.uid
     return pod
 
 
 def request_pod(p: Pass, tracked: list[TrackedPod], request: PodRequest) -> None:
     """Ask for a pod, recording in status that kloop is about to create it."""
     if not any(t.name == request.name for t in tracked):
-        placed_in = request.cluster if request.in_target else None
-        tracked.append(TrackedPod(name=request.name, requested_at=p.now, placed_in=placed_in))
+        entry = TrackedPod(name=request.name, requested_at=p.now)
+        if request.in_target:
+            observed = p.obs.clusters.get(request.cluster)
+            entry.placed_in = request.cluster
+            entry.namespace = observed.agent_namespace if observed is not None else None
+            if not any(t.name == request.name for t in p.status.placed_pods):
+                p.status.placed_pods = [*p.status.placed_pods, entry.model_copy()]
+        tracked.append(entry)
     p.actions.append(CreatePod(request))
