@@ -418,3 +418,36 @@ def test_a_placed_pod_is_remembered_apart_from_its_iteration_until_cleaned_up() 
     del sim.pods[name]
     sim.kwargs["placed_cleaned"] = frozenset({name})
     assert sim.step().status.placed_pods == []
+
+
+def test_a_cluster_that_stays_unreachable_mid_run_ends_its_target_after_a_grace() -> None:
+    sim = Simulation(
+        loop_spec(stages=[{"name": "prod", "clusters": ["edge"]}]), clusters={"edge": {}}
+    )
+    sim.step()
+    down = ObservedCluster("edge", {}, ClusterState.UNAVAILABLE, "dial tcp: i/o timeout")
+    sim.kwargs["clusters"] = {"edge": down}
+    sim.now += timedelta(seconds=10)
+    d = sim.step()
+    assert d.status.phase is Phase.RUNNING, "a blip is not a failure"
+    assert d.status.stages[0].clusters[0].unavailable_since is not None
+    sim.now += timedelta(seconds=61)
+    d = sim.step()
+    assert (d.status.phase, d.status.halt_reason) == (Phase.FAILED, "ClusterUnavailable")
+    assert "i/o timeout" in (d.status.message or "")
+    assert any(isinstance(a, DeletePod) and a.name == mk("edge", 1) for a in d.actions)
+
+
+def test_a_cluster_back_within_the_grace_keeps_its_target() -> None:
+    sim = Simulation(
+        loop_spec(stages=[{"name": "prod", "clusters": ["edge"]}]), clusters={"edge": {}}
+    )
+    sim.step()
+    sim.kwargs["clusters"] = {"edge": ObservedCluster("edge", {}, ClusterState.UNAVAILABLE, "x")}
+    sim.now += timedelta(seconds=10)
+    sim.step()
+    sim.kwargs["clusters"] = {"edge": {}}
+    sim.now += timedelta(seconds=100)
+    d = sim.step()
+    assert d.status.phase is Phase.RUNNING
+    assert d.status.stages[0].clusters[0].unavailable_since is None

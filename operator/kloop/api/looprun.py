@@ -268,6 +268,8 @@ class ClusterProgress(KubeModel):
     """When the target reached a final state."""
     resumed_by: str | None = None
     """Who resumed the target after an inconclusive verdict."""
+    unavailable_since: str | None = None
+    """Since when the running target's cluster has not been usable (cleared when it is again)."""
     token_expires_at: str | None = None
     """When the short-lived token minted for this target's latest agent pod expires (never the
     token itself)."""

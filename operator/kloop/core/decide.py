@@ -57,6 +57,8 @@ from kloop.core.plan import Limits, StagePlan, build_plan, compute_limits
 from kloop.core.trust import ABSENT, own_pod
 
 RESYNC_SECONDS = 30.0
+CLUSTER_GRACE_SECONDS = 60.0
+"""How long a running target's cluster may stay unusable before the target ends."""
 MAX_CLUSTERS_PER_STAGE = 64
 """As many targets as a stage's status holds (``stages[].clusters`` maxItems)."""
 LOOP_MISSING_RETRY_SECONDS = 15.0
@@ -368,6 +370,8 @@ def _step_target(
     expiry = p.obs.token_expiry.get(cluster.name)
     if expiry is not None:
         cluster.token_expires_at = expiry
+    if _cluster_lost(p, stage, cluster):
+        return True
     record = p.open_record(stage.name, cluster.name)
     if record is None:  # running without an open iteration (e.g. right after a restart)
         return _next_iteration(p, spec, limits, stage, cluster)
@@ -401,6 +405,43 @@ def _step_target(
         return False
     target.end_iteration(p, record, IterationDecision.ITERATE, record.why or "checks failed")
     return _next_iteration(p, spec, limits, stage, cluster)
+
+
+def _cluster_lost(p: Pass, stage: StagePlan, cluster: ClusterProgress) -> bool:
+    """A running target whose cluster stopped being usable ends after a grace period.
+
+    A probe that fails once (a blip) must not fail a rollout; a cluster that stays unreachable,
+    or whose Secret no longer allows the run's namespace, ends the target with that reason
+    (stopping its pods) instead of leaving it to the pods' timeouts.
+    """
+    if cluster.name == LOCAL_CLUSTER:
+        return False
+    observed = p.obs.clusters.get(cluster.name)
+    if observed is not None and observed.state is ClusterState.READY:
+        cluster.unavailable_since = None
+        return False
+    cluster.unavailable_since = cluster.unavailable_since or p.now
+    since = parse_time(cluster.unavailable_since)
+    waited = (p.obs.now - since).total_seconds() if since is not None else 0.0
+    if waited < CLUSTER_GRACE_SECONDS:
+        p.wake_in.append(CLUSTER_GRACE_SECONDS - waited + 1)
+        return False
+    not_allowed = observed is not None and observed.state is ClusterState.NOT_ALLOWED
+    reason = Reason.CLUSTER_NOT_ALLOWED if not_allowed else Reason.CLUSTER_UNAVAILABLE
+    why = (observed.message if observed is not None else None) or "its cluster Secret is gone"
+    message = f"cluster {cluster.name!r} unusable for {waited:.0f}s: {why}"
+    record = p.open_record(stage.name, cluster.name)
+    if record is not None:
+        for tracked in record.pods:
+            pod = p.obs.pods.get(tracked.name)
+            if pod is not None and _is_live(pod):
+                p.actions.append(DeletePod(tracked.name, message))
+        target.end_iteration(p, record, IterationDecision.FAIL, message)
+    t_state = TargetState.NOT_ALLOWED if not_allowed else TargetState.UNAVAILABLE
+    cluster.state, cluster.reason, cluster.message = t_state, reason.value, message[:512]
+    cluster.finished_at = p.now
+    p.event(reason, f"{stage.name}/{cluster.name}: {message}", warning=True)
+    return True
 
 
 def _next_iteration(
