@@ -62,7 +62,8 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     memo.kube = Kube()
     # the egress guard comes from main's flags (--allow-egress-cidr); strict when run otherwise
     memo.caches = Caches(egress=getattr(memo, "egress", None) or EgressGuard(), wake=_wake)
-    memo.caches.target_client = memo.caches.clusters.client  # drift is measured in targets
+    # drift in a target is measured as its agent ServiceAccount: a Loop learns no more there
+    memo.caches.target_client = memo.caches.clusters.agent_client
 
 
 @kopf.on.cleanup()

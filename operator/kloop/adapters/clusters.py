@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.config import new_client_from_config_dict
@@ -154,6 +155,7 @@ class ClusterRegistry:
         self.timeout = timeout
         self.clock = clock
         self._clusters: dict[str, _Cluster] = {}
+        self._agents: dict[str, tuple[Kube, float]] = {}
 
     def _entry(self, secret: Json) -> _Cluster:
         meta = secret["metadata"]
@@ -290,8 +292,29 @@ class ClusterRegistry:
         text = build_target_kubeconfig(cluster, entry.endpoint, status["token"], namespace)
         return MintedKubeconfig(text, status["expirationTimestamp"])
 
+    async def agent_client(self, cluster: str) -> Kube:
+        """A client acting as the cluster's agent ServiceAccount (a short-lived minted token).
+
+        Drift is measured with it, so what a Loop can learn of a target through drift details
+        is what its own agents may read there, not what the operator's identity may. Cached
+        until a minute before the token expires.
+        """
+        cached = self._agents.get(cluster)
+        if cached is not None and cached[1] > self.clock() + 60:
+            return cached[0]
+        minted = await self.mint(cluster, MIN_TOKEN_SECONDS)
+        api = new_client_from_config_dict(yaml.safe_load(minted.text))
+        if cached is not None:
+            cached[0].api_client.close()
+        kube = Kube(api)
+        self._agents[cluster] = (kube, self.clock() + MIN_TOKEN_SECONDS - 30)
+        return kube
+
     def close(self) -> None:
         """Close every cached client (shutdown)."""
+        for kube, _ in self._agents.values():
+            kube.api_client.close()
+        self._agents.clear()
         for entry in self._clusters.values():
             entry.close()
         self._clusters.clear()
