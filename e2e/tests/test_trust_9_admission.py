@@ -369,5 +369,15 @@ def test_trust_9_only_an_approver_approves_and_the_run_records_who(
         run = wait_finished(api_client, namespace, "gated-1")
         assert run["status"]["phase"] == "Succeeded", operator.log_tail()
         assert run["status"]["stages"][0]["approvedBy"] == "alice", run["status"]["stages"]
+        # resuming a paused run is approving too (issue 15)
+        why = _refused_annotation(
+            bob, namespace, "gated-1", {"kloop.dev/resume": "1", "kloop.dev/resumed-by": "bob"}
+        )
+        assert "bob may not resume" in why, why
+        why = _refused_annotation(alice, namespace, "gated-1", {"kloop.dev/resume": "1"})
+        assert 'resumed-by set to the one resuming: "alice"' in why, why
+        _annotate(
+            alice, namespace, "gated-1", {"kloop.dev/resume": "1", "kloop.dev/resumed-by": "alice"}
+        )
     finally:
         _ignore_missing(rbac.delete_cluster_role, role)

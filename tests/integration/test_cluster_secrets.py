@@ -121,7 +121,9 @@ def test_cluster_is_ready_only_for_namespaces_its_allowed_namespaces_annotation_
     add_secret(cluster_secret("b", extra_cluster.read_text(), "team-*, ops"))
     registry = ClusterRegistry(namespace)
     ready = observe(api_client, registry, "team-a")
-    assert ready["b"] == ObservedCluster("b", {"kloop.dev/cluster": "true", "env": "test"})
+    assert ready["b"] == ObservedCluster(
+        "b", {"kloop.dev/cluster": "true", "env": "test"}, agent_namespace=AGENTS
+    )
     assert ready["local"].state is ClusterState.READY
     refused = observe(api_client, registry, "other")["b"]
     assert refused.state is ClusterState.NOT_ALLOWED

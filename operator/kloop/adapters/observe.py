@@ -158,12 +158,16 @@ def _approvals(run: Json) -> dict[str, str]:
 def resumes(run: Json) -> dict[int, str]:
     """Paused iterations a human resumed: ``kloop.dev/resume: "7"`` (a comma list of numbers).
 
-    Who resumed is the field manager that set the annotation, marked ``(unverified)``: no
-    admission policy ties it to the authenticated user yet (docs/admission.md covers approvals).
+    Who resumed is ``kloop.dev/resumed-by``, which the kloop-approvals admission policy ties to
+    the authenticated user allowed to ``approve`` (docs/admission.md); without it, the field
+    manager that set the annotation, marked ``(unverified)``.
     """
-    value = (run["metadata"].get("annotations") or {}).get(names.ANNOTATION_RESUME) or ""
+    annotations = run["metadata"].get("annotations") or {}
+    value = annotations.get(names.ANNOTATION_RESUME) or ""
     numbers = [part.strip() for part in value.split(",")]
-    who = f"{_who_set(run, names.ANNOTATION_RESUME)} (unverified)"
+    who = (annotations.get(names.ANNOTATION_RESUMED_BY) or "").strip() or (
+        f"{_who_set(run, names.ANNOTATION_RESUME)} (unverified)"
+    )
     return {int(n): who for n in numbers if n.isdigit()}
 
 

@@ -16,6 +16,7 @@ ANNOTATION_APPROVE = "kloop.dev/approve"
 ANNOTATION_APPROVED_BY = "kloop.dev/approved-by"
 ANNOTATION_ABORT = "kloop.dev/abort"
 ANNOTATION_RESUME = "kloop.dev/resume"
+ANNOTATION_RESUMED_BY = "kloop.dev/resumed-by"
 # on agent pods of a remote target: the uid of their kubeconfig Secret (so only that Secret is
 # ever deleted for them) and when its token expires
 ANNOTATION_TARGET_SECRET_UID = "kloop.dev/target-secret-uid"
