@@ -475,10 +475,7 @@ async def _record_memory_through(kube: Kube, snap: Snapshot, through: int) -> No
     if through <= ((snap.run.get("status") or {}).get("memoryRecordedThrough") or 0):
         return
     try:
-        updated = await kube.call(
-            kube.custom.patch_namespaced_custom_object_status,
-            GROUP,
-            VERSION,
+        updated = await kube.patch_status(
             meta["namespace"],
             "loopruns",
             meta["name"],
@@ -585,15 +582,7 @@ async def update_loop_status(kube: Kube, snap: Snapshot, decision: Decision) -> 
         return  # a newer run owns the columns
     meta = snap.loop["metadata"]
     try:
-        await kube.call(
-            kube.custom.patch_namespaced_custom_object_status,
-            GROUP,
-            VERSION,
-            meta["namespace"],
-            "loops",
-            meta["name"],
-            {"status": wanted},
-        )
+        await kube.patch_status(meta["namespace"], "loops", meta["name"], {"status": wanted})
     except Exception as err:  # noqa: BLE001 - the Loop's columns never hold a run back
         log.warning("could not update the Loop's status: %s", err)
 

@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from kloop.adapters import events
 from kloop.adapters.kube import Kube, api_message
 from kloop.adapters.observe import Snapshot
-from kloop.api import GROUP, VERSION
 from kloop.api.conditions import Reason
 from kloop.core.conditions import retrying
 
@@ -30,15 +29,7 @@ def describe(err: BaseException) -> str:
 
 async def _patch_status(kube: Kube, snap: Snapshot, status: dict[str, object]) -> None:
     meta = snap.run["metadata"]
-    await kube.call(
-        kube.custom.patch_namespaced_custom_object_status,
-        GROUP,
-        VERSION,
-        meta["namespace"],
-        "loopruns",
-        meta["name"],
-        {"status": status},
-    )
+    await kube.patch_status(meta["namespace"], "loopruns", meta["name"], {"status": status})
 
 
 async def report_retry(

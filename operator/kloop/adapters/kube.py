@@ -11,6 +11,8 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from kloop.api import GROUP, VERSION
+
 Json = dict[str, Any]
 
 
@@ -21,6 +23,19 @@ class Kube:
         self.api_client = api_client or new_api_client()
         self.core = client.CoreV1Api(self.api_client)
         self.custom = client.CustomObjectsApi(self.api_client)
+
+    async def patch_status(self, namespace: str, plural: str, name: str, patch: Json) -> Json:
+        """Merge-patch the status subresource of a kloop object; the object as stored."""
+        stored: Json = await self.call(
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            patch,
+        )
+        return stored
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a blocking client call in a thread; return parsed JSON when it has a body."""

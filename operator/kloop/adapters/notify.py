@@ -244,14 +244,8 @@ class Notifier:
                     )
                     if current["metadata"].get("uid") != run.uid:
                         return  # deleted (and maybe re-created): nothing to record on
-                    await kube.call(
-                        kube.custom.patch_namespaced_custom_object_status,
-                        GROUP,
-                        VERSION,
-                        run.namespace,
-                        "loopruns",
-                        run.name,
-                        _patch(current, record),
+                    await kube.patch_status(
+                        run.namespace, "loopruns", run.name, _patch(current, record)
                     )
                     return
                 except Exception as err:
