@@ -267,15 +267,28 @@ def _start_control_plane(k8s_bin: Path, kubeconfigs: dict[str, Path]) -> None:
         )
 
 
-def _containerd_config() -> str:
+def containerd_config(
+    base: Path,
+    socket: Path,
+    cni_conf_dir: Path,
+    *,
+    ttrpc_socket: Path | None = None,
+    runc_root: Path | None = None,
+) -> str:
+    """A containerd config of its own (root, state, socket, CNI) for a node of the harness.
+
+    A second node on the host also needs its own ttrpc socket and runc root (TOOLCHAIN.md).
+    """
     cri = 'plugins."io.containerd.grpc.v1.cri"'
+    ttrpc = f'[ttrpc]\n  address = "{ttrpc_socket}"\n' if ttrpc_socket else ""
+    runc = f'        Root = "{runc_root}"\n' if runc_root else ""
     return f"""version = 2
-root = "{CONTAINERD_DIR / "root"}"
-state = "{CONTAINERD_DIR / "state"}"
+root = "{base / "root"}"
+state = "{base / "state"}"
 [grpc]
-  address = "{CONTAINERD_SOCKET}"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{CONTAINERD_DIR / "opt"}"
+  address = "{socket}"
+{ttrpc}[plugins."io.containerd.internal.v1.opt"]
+  path = "{base / "opt"}"
 [{cri}]
   sandbox_image = "{images.PAUSE_IMAGE}"
   restrict_oom_score_adj = true
@@ -288,44 +301,46 @@ state = "{CONTAINERD_DIR / "state"}"
       runtime_type = "io.containerd.runc.v2"
       [{cri}.containerd.runtimes.runc.options]
         SystemdCgroup = false
-  [{cri}.cni]
+{runc}  [{cri}.cni]
     bin_dir = "/usr/lib/cni"
-    conf_dir = "{CNI_CONF_DIR}"
+    conf_dir = "{cni_conf_dir}"
 """
 
 
-def _cni_config() -> str:
-    return json.dumps(
+def cni_config(
+    network: str, bridge: str, subnet: str, gateway: str, ipam_dir: Path, *, portmap: bool
+) -> str:
+    """The CNI network of a node: a bridge, host-local IPAM on its subnet, no masquerading."""
+    plugins: list[dict[str, object]] = [
         {
-            "cniVersion": "1.0.0",
-            "name": "kloop-pods",
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": BRIDGE,
-                    "isGateway": True,
-                    "ipMasq": False,
-                    "hairpinMode": True,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": POD_CIDR, "gateway": pki.NODE_IP}]],
-                        "routes": [{"dst": "0.0.0.0/0"}],
-                        "dataDir": str(STATE_ROOT / "cni" / "ipam"),
-                    },
-                },
-                {"type": "portmap", "capabilities": {"portMappings": True}},
-            ],
-        },
-        indent=2,
-    )
+            "type": "bridge",
+            "bridge": bridge,
+            "isGateway": True,
+            "ipMasq": False,
+            "hairpinMode": True,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": subnet, "gateway": gateway}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": str(ipam_dir),
+            },
+        }
+    ]
+    if portmap:
+        plugins.append({"type": "portmap", "capabilities": {"portMappings": True}})
+    return json.dumps({"cniVersion": "1.0.0", "name": network, "plugins": plugins}, indent=2)
 
 
 def _start_containerd() -> None:
     CNI_CONF_DIR.mkdir(parents=True, exist_ok=True)
-    (CNI_CONF_DIR / "10-kloop.conflist").write_text(_cni_config())
+    (CNI_CONF_DIR / "10-kloop.conflist").write_text(
+        cni_config(
+            "kloop-pods", BRIDGE, POD_CIDR, pki.NODE_IP, STATE_ROOT / "cni" / "ipam", portmap=True
+        )
+    )
     CONTAINERD_SOCKET.parent.mkdir(parents=True, exist_ok=True)
     config = CONTAINERD_DIR / "config.toml"
-    config.write_text(_containerd_config())
+    config.write_text(containerd_config(CONTAINERD_DIR, CONTAINERD_SOCKET, CNI_CONF_DIR))
     if not processes.running("containerd"):
         processes.start("containerd", ["containerd", "--config", str(config)])
     wait_ready(
@@ -341,36 +356,43 @@ def _start_containerd() -> None:
     )
 
 
-def _kubelet_config() -> str:
+def kubelet_config(
+    socket: Path, address: str, pki_dir: Path, extra: dict[str, str] | None = None
+) -> str:
+    """A kubelet's configuration: its containerd, serving address and certificates.
+
+    ``extra`` adds fields a second node on the host must set apart (ports, cgroup root...).
+    """
+    more = "".join(f"{key}: {value}\n" for key, value in (extra or {}).items())
     return f"""apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-containerRuntimeEndpoint: unix://{CONTAINERD_SOCKET}
+containerRuntimeEndpoint: unix://{socket}
 cgroupDriver: cgroupfs
 failCgroupV1: false
 failSwapOn: false
-address: {pki.NODE_IP}
+address: {address}
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 authentication:
   anonymous: {{enabled: false}}
   webhook: {{enabled: true}}
-  x509: {{clientCAFile: {PKI / "ca.crt"}}}
+  x509: {{clientCAFile: {pki_dir / "ca.crt"}}}
 authorization: {{mode: Webhook}}
 clusterDomain: cluster.local
-tlsCertFile: {PKI / "kubelet.crt"}
-tlsPrivateKeyFile: {PKI / "kubelet.key"}
+tlsCertFile: {pki_dir / "kubelet.crt"}
+tlsPrivateKeyFile: {pki_dir / "kubelet.key"}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {{memory.available: 50Mi, nodefs.available: "1%", imagefs.available: "1%",
   nodefs.inodesFree: "1%"}}
 registerNode: true
-"""
+{more}"""
 
 
 def _start_kubelet(k8s_bin: Path, kubeconfig: Path) -> None:
     KUBELET_ROOT.mkdir(parents=True, exist_ok=True)
     config = STATE_ROOT / "kubelet.yaml"
-    config.write_text(_kubelet_config())
+    config.write_text(kubelet_config(CONTAINERD_SOCKET, pki.NODE_IP, PKI))
     if not processes.running("kubelet"):
         processes.start(
             "kubelet",

@@ -31,7 +31,6 @@ bridge and subnet are fixed.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -146,90 +145,33 @@ def _node_pki(cluster: str) -> Path:
 
 def _containerd_config(cluster: str) -> str:
     base = _dir(cluster) / "containerd"
-    cri = 'plugins."io.containerd.grpc.v1.cri"'
-    return f"""version = 2
-root = "{base / "root"}"
-state = "{base / "state"}"
-[grpc]
-  address = "{_socket(cluster)}"
-[ttrpc]
-  address = "{base / "run" / "containerd.sock.ttrpc"}"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{base / "opt"}"
-[{cri}]
-  sandbox_image = "{images.PAUSE_IMAGE}"
-  restrict_oom_score_adj = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  [{cri}.containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [{cri}.containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [{cri}.containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        Root = "{base / "runc"}"
-  [{cri}.cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{_dir(cluster) / "cni" / "net.d"}"
-"""
-
-
-def _cni_config(cluster: str) -> str:
-    return json.dumps(
-        {
-            "cniVersion": "1.0.0",
-            "name": f"kloop-pods-{cluster}",
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": BRIDGE,
-                    "isGateway": True,
-                    "ipMasq": False,
-                    "hairpinMode": True,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": POD_CIDR, "gateway": NODE_IP}]],
-                        "routes": [{"dst": "0.0.0.0/0"}],
-                        "dataDir": str(_dir(cluster) / "cni" / "ipam"),
-                    },
-                }
-            ],
-        },
-        indent=2,
+    return local.containerd_config(
+        base,
+        _socket(cluster),
+        _dir(cluster) / "cni" / "net.d",
+        ttrpc_socket=base / "run" / "containerd.sock.ttrpc",
+        runc_root=base / "runc",
     )
 
 
+def _cni_config(cluster: str) -> str:
+    network, ipam = f"kloop-pods-{cluster}", _dir(cluster) / "cni" / "ipam"
+    return local.cni_config(network, BRIDGE, POD_CIDR, NODE_IP, ipam, portmap=False)
+
+
 def _kubelet_config(cluster: str) -> str:
-    node_pki = _dir(cluster) / "pki"
-    return f"""apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-containerRuntimeEndpoint: unix://{_socket(cluster)}
-cgroupDriver: cgroupfs
-cgroupRoot: {cgroup_root(cluster)}
-failCgroupV1: false
-failSwapOn: false
-address: {NODE_IP}
-port: {KUBELET_PORT}
-readOnlyPort: 0
-healthzBindAddress: 127.0.0.1
-healthzPort: {HEALTHZ_PORT}
-podCIDR: {POD_CIDR}
-podLogsDir: {_dir(cluster) / "pod-logs"}
-authentication:
-  anonymous: {{enabled: false}}
-  webhook: {{enabled: true}}
-  x509: {{clientCAFile: {node_pki / "ca.crt"}}}
-authorization: {{mode: Webhook}}
-clusterDomain: cluster.local
-tlsCertFile: {node_pki / "kubelet.crt"}
-tlsPrivateKeyFile: {node_pki / "kubelet.key"}
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-evictionHard: {{memory.available: 50Mi, nodefs.available: "1%", imagefs.available: "1%",
-  nodefs.inodesFree: "1%"}}
-registerNode: true
-"""
+    return local.kubelet_config(
+        _socket(cluster),
+        NODE_IP,
+        _dir(cluster) / "pki",
+        {
+            "cgroupRoot": cgroup_root(cluster),
+            "port": str(KUBELET_PORT),
+            "healthzPort": str(HEALTHZ_PORT),
+            "podCIDR": POD_CIDR,
+            "podLogsDir": str(_dir(cluster) / "pod-logs"),
+        },
+    )
 
 
 def _start_mount_namespace(cluster: str) -> int:
