@@ -33,24 +33,29 @@ class LayerFile:
     symlink_to: str | None = None
 
 
+def add_entry(tar: tarfile.TarFile, entry: LayerFile) -> None:
+    """Add one file, directory or symlink to a layer, with reproducible metadata."""
+    info = tarfile.TarInfo(entry.path)
+    info.mtime = 0
+    info.mode = entry.mode
+    if entry.symlink_to is not None:
+        info.type = tarfile.SYMTYPE
+        info.linkname = entry.symlink_to
+        tar.addfile(info)
+    elif entry.data is None:
+        info.type = tarfile.DIRTYPE
+        info.mode = entry.mode if entry.mode != 0o644 else 0o755
+        tar.addfile(info)
+    else:
+        info.size = len(entry.data)
+        tar.addfile(info, io.BytesIO(entry.data))
+
+
 def _layer_tar(entries: list[LayerFile]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for entry in entries:
-            info = tarfile.TarInfo(entry.path)
-            info.mtime = 0
-            info.mode = entry.mode
-            if entry.symlink_to is not None:
-                info.type = tarfile.SYMTYPE
-                info.linkname = entry.symlink_to
-                tar.addfile(info)
-            elif entry.data is None:
-                info.type = tarfile.DIRTYPE
-                info.mode = entry.mode if entry.mode != 0o644 else 0o755
-                tar.addfile(info)
-            else:
-                info.size = len(entry.data)
-                tar.addfile(info, io.BytesIO(entry.data))
+            add_entry(tar, entry)
     return buf.getvalue()
 
 

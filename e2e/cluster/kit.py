@@ -191,20 +191,7 @@ def _add(tar: tarfile.TarFile, names: set[str], item: images.LayerFile) -> None:
         _add(tar, names, images.LayerFile(parent, mode=0o755))
     if path in names:
         return
-    info = tarfile.TarInfo(path)
-    info.mtime = 0
-    info.mode = item.mode
-    if item.symlink_to is not None:
-        info.type = tarfile.SYMTYPE
-        info.linkname = item.symlink_to
-        tar.addfile(info)
-    elif item.data is None:
-        info.type = tarfile.DIRTYPE
-        info.mode = item.mode if item.mode != 0o644 else 0o755
-        tar.addfile(info)
-    else:
-        info.size = len(item.data)
-        tar.addfile(info, io.BytesIO(item.data))
+    images.add_entry(tar, images.LayerFile(path, item.data, item.mode, item.symlink_to))
     names.add(path)
 
 

@@ -14,7 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -507,8 +507,13 @@ def up() -> Path:
 
 def _kill_pod_processes() -> None:
     """Kill everything the kubelet started: it lives in the kubepods cgroups."""
-    for hierarchy in ("pids", "memory", "cpu,cpuacct", "systemd"):
-        root = Path("/sys/fs/cgroup") / hierarchy / "kubepods"
+    hierarchies = ("pids", "memory", "cpu,cpuacct", "systemd")
+    kill_cgroup_processes(Path("/sys/fs/cgroup") / h / "kubepods" for h in hierarchies)
+
+
+def kill_cgroup_processes(roots: Iterable[Path]) -> None:
+    """SIGKILL every process in these cgroups and below (missing ones are skipped)."""
+    for root in roots:
         if not root.exists():
             continue
         for procs in root.rglob("cgroup.procs"):

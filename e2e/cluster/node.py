@@ -31,9 +31,7 @@ bridge and subnet are fixed.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -363,18 +361,7 @@ def _netns_of(holder: int | None) -> list[Path]:
 
 def _kill_cgroup_processes(cluster: str) -> None:
     """Kill everything kubelet B started: it lives under its own cgroup root."""
-    for hierarchy in _hierarchies():
-        root = hierarchy / cgroup_root(cluster).lstrip("/")
-        if not root.exists():
-            continue
-        for procs in root.rglob("cgroup.procs"):
-            try:
-                pids = [int(p) for p in procs.read_text().split()]
-            except OSError:
-                continue
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+    local.kill_cgroup_processes(h / cgroup_root(cluster).lstrip("/") for h in _hierarchies())
 
 
 def _remove_cgroups(cluster: str) -> None:
