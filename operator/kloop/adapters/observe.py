@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from kloop.adapters import memory, targets
 from kloop.adapters.clusters import ClusterRegistry
+from kloop.adapters.drift import TargetClient
 from kloop.adapters.egress import EgressGuard
 from kloop.adapters.kube import Json, Kube, is_status
 from kloop.adapters.notify import Notifier
@@ -67,7 +68,7 @@ class Caches:
     each is then deleted once more, which answers 404)."""
     wake: Callable[[str, str], None] = _nobody
     drift: dict[tuple[str, int, str], DriftOutcome] = field(default_factory=dict)
-    target_client: Callable[[str], Awaitable[Kube]] | None = None
+    target_client: TargetClient | None = None
 
     def cancel_queries(self, uid: str) -> None:
         """Cancel a run's oracle queries still in flight (the run has ended)."""

@@ -47,11 +47,6 @@ def truncate(text: str, limit: int) -> str:
     return text[: max(limit - 1, 0)] + "…" if limit > 0 else ""
 
 
-def record_budget(keep: int) -> int:
-    """Bytes one record may take so that all of them fit ``RECORDS_BYTES``."""
-    return RECORDS_BYTES // min(keep + SLACK, STATUS_ITERATIONS_MAX)
-
-
 def record_size(record: IterationRecord) -> int:
     """Bytes of the record as written to the apiserver (JSON, ASCII-escaped: an upper bound)."""
     return len(json.dumps(record.to_kube()))
