@@ -73,7 +73,6 @@ def fleet_env(
     api_client: client.ApiClient,
     namespace: str,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[dict[str, TargetCluster]]:
     """The fleet registered for this namespace, agents granted, and an operator running."""
     core = client.CoreV1Api(api_client)
@@ -89,8 +88,12 @@ def fleet_env(
             },
         )
         core.create_namespaced_secret(namespace, secret)
-    monkeypatch.setenv("KLOOP_OPERATOR_NAMESPACE", namespace)  # cluster Secrets live here
-    operator = OperatorProcess(cluster, tmp_path / "operator.log", [namespace])
+    operator = OperatorProcess(  # the cluster Secrets live in the test's namespace
+        cluster,
+        tmp_path / "operator.log",
+        [namespace],
+        env={"KLOOP_OPERATOR_NAMESPACE": namespace},
+    )
     operator.start()
     try:
         yield fleet

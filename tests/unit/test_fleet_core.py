@@ -31,6 +31,12 @@ def prod(**stage: Any) -> dict[str, Any]:
     return {"name": "prod", "clusterSelector": {"matchLabels": {"tier": "prod"}}, **stage}
 
 
+def pod_checker(name: str, **fields: Any) -> dict[str, Any]:
+    """A pod checker distinct from the maker, with extra fields (retries, placement...)."""
+    container = {"name": "c", "image": "check:1", "command": ["c"]}
+    return {"name": name, "template": {"spec": {"containers": [container]}}, **fields}
+
+
 def mk(cluster: str, i: int, stage: int = 0) -> str:
     return f"r-s{stage}-{cluster}-i{i}-maker"
 
@@ -247,11 +253,7 @@ def test_stage_events_say_when_a_stage_starts_and_passes() -> None:
 
 
 def test_an_errored_pod_checker_with_retries_runs_again_before_failing_the_target() -> None:
-    checker = {
-        "name": "tests",
-        "retries": 1,
-        "template": {"spec": {"containers": [{"name": "c", "image": "check:1", "command": ["c"]}]}},
-    }
+    checker = pod_checker("tests", retries=1)
     sim = Simulation(loop_spec(checkers=[checker]))
     sim.step()
     sim.finish("r-s0-local-i1-maker", maker_ok())
@@ -268,11 +270,7 @@ def test_an_errored_pod_checker_with_retries_runs_again_before_failing_the_targe
 
 
 def test_a_pod_checker_out_of_retries_fails_the_target_with_its_error() -> None:
-    checker = {
-        "name": "tests",
-        "retries": 1,
-        "template": {"spec": {"containers": [{"name": "c", "image": "check:1", "command": ["c"]}]}},
-    }
+    checker = pod_checker("tests", retries=1)
     sim = Simulation(loop_spec(checkers=[checker]))
     sim.step()
     sim.finish("r-s0-local-i1-maker", maker_ok())
@@ -359,11 +357,7 @@ def test_a_stage_where_no_cluster_passed_never_passes_whatever_the_allowance() -
 
 
 def test_a_checker_placed_in_the_target_is_asked_for_there_and_polled() -> None:
-    checker = {
-        "name": "probe",
-        "placement": "Target",
-        "template": {"spec": {"containers": [{"name": "c", "image": "check:1", "command": ["c"]}]}},
-    }
+    checker = pod_checker("probe", placement="Target")
     spec = loop_spec(checkers=[checker], stages=[{"name": "canary", "clusters": ["edge"]}])
     sim = Simulation(spec, clusters={"edge": {}})
     sim.step()
@@ -376,11 +370,7 @@ def test_a_checker_placed_in_the_target_is_asked_for_there_and_polled() -> None:
 
 
 def test_placement_target_on_the_local_cluster_runs_in_the_run_namespace() -> None:
-    checker = {
-        "name": "probe",
-        "placement": "Target",
-        "template": {"spec": {"containers": [{"name": "c", "image": "check:1", "command": ["c"]}]}},
-    }
+    checker = pod_checker("probe", placement="Target")
     sim = Simulation(loop_spec(checkers=[checker]))
     sim.step()
     d = sim.finish("r-s0-local-i1-maker", maker_ok())
@@ -389,11 +379,7 @@ def test_placement_target_on_the_local_cluster_runs_in_the_run_namespace() -> No
 
 
 def _placed_sim() -> Simulation:
-    checker = {
-        "name": "probe",
-        "placement": "Target",
-        "template": {"spec": {"containers": [{"name": "c", "image": "check:1", "command": ["c"]}]}},
-    }
+    checker = pod_checker("probe", placement="Target")
     spec = loop_spec(checkers=[checker], stages=[{"name": "canary", "clusters": ["edge"]}])
     edge = ObservedCluster("edge", {}, ClusterState.READY, agent_namespace="kloop-agents")
     return Simulation(spec, clusters={"edge": edge})
