@@ -73,22 +73,35 @@ def summarize(
 ) -> None:
     """Replace ``s.conditions`` with the conditions its phase (and a stall reason) imply."""
     previous = {c.type: c for c in s.conditions}
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    conditions = []
-    for ctype, (status, reason, message) in _desired(s, stall_reason).items():
-        old = previous.get(ctype.value)
-        since = old.last_transition_time if old is not None and old.status == status else stamp
-        conditions.append(
-            Condition(
-                type=ctype.value,
-                status=status,
-                reason=str(reason),
-                message=message[:32768],
-                last_transition_time=since,
-                observed_generation=generation,
-            )
-        )
-    s.conditions = conditions
+    s.conditions = [
+        _condition(previous, ctype, status, str(reason), message, generation, now)
+        for ctype, (status, reason, message) in _desired(s, stall_reason).items()
+    ]
+
+
+def _condition(
+    previous: dict[str, Condition],
+    ctype: ConditionType,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime,
+) -> Condition:
+    """A condition that keeps its lastTransitionTime unless its status flips."""
+    old = previous.get(ctype.value)
+    if old is not None and old.status == status:
+        since = old.last_transition_time
+    else:
+        since = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return Condition(
+        type=ctype.value,
+        status=status,
+        reason=reason,
+        message=message[:32768],
+        last_transition_time=since,
+        observed_generation=generation,
+    )
 
 
 STALL_AFTER_ATTEMPTS = 5
@@ -103,25 +116,14 @@ def retrying(
     row ``Stalled`` says so too, so ``kubectl describe`` and kstatus readers see a run that is
     not moving. The next successful pass recomputes every condition from the phase.
     """
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    message = f"attempt {attempts} failed, retrying with backoff: {error}"[:32768]
+    message = f"attempt {attempts} failed, retrying with backoff: {error}"
     wanted = {ConditionType.RECONCILING: message}
     if attempts >= STALL_AFTER_ATTEMPTS:
         wanted[ConditionType.STALLED] = message
     kept = [c for c in s.conditions if c.type not in {t.value for t in wanted}]
     previous = {c.type: c for c in s.conditions}
-    added = []
-    for ctype, text in wanted.items():
-        old = previous.get(ctype.value)
-        since = old.last_transition_time if old is not None and old.status == T else stamp
-        added.append(
-            Condition(
-                type=ctype.value,
-                status=T,
-                reason=Reason.RETRYING.value,
-                message=text,
-                last_transition_time=since,
-                observed_generation=generation,
-            )
-        )
+    added = [
+        _condition(previous, ctype, T, Reason.RETRYING.value, text, generation, now)
+        for ctype, text in wanted.items()
+    ]
     return kept + added
