@@ -239,6 +239,16 @@ def test_an_object_changed_by_hand_mid_run_is_drift(
         field_manager="kubectl-edit",
     )
     status = wait_finished(api_client, namespace, run, timeout=240)["status"]
+    # memory is written right after the final status: wait until the run says it is there
+    recorded = len(status["iterations"])
+    wait_for(
+        "the run's iterations in memory",
+        lambda: (
+            (get_run(api_client, namespace, run)["status"].get("memoryRecordedThrough") or 0)
+            >= recorded
+        ),
+        timeout=30,
+    )
     _, log = memory(api_client, namespace, "rollout")
     if on_exceeded == "Halt":
         assert (status["phase"], status["haltReason"]) == ("Halted", "DriftExceeded"), status
