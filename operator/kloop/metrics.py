@@ -104,8 +104,11 @@ TRANSIENT_REASONS = (
     "Connection",
     "Other",
 )
+PERMANENT_REASONS = (Reason.STATUS_REJECTED.value, Reason.MEMORY_REJECTED.value)
 for _reason in TRANSIENT_REASONS:  # zero series, so alerts see the first error as an increase
     RECONCILE_ERRORS.labels("transient", _reason)
+for _reason in PERMANENT_REASONS:
+    RECONCILE_ERRORS.labels("permanent", _reason)
 _BY_STATUS = {
     409: "Conflict",
     429: "TooManyRequests",
