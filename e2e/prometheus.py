@@ -8,6 +8,7 @@ a throw-away storage directory.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import time
@@ -113,6 +114,11 @@ class PrometheusServer:
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
 
+    def query_rules(self) -> list[dict[str, Any]]:
+        """The rules the server loaded, with their health after evaluation."""
+        body = httpx.get(f"{self.url}/api/v1/rules", timeout=10).json()
+        return [rule for group in body["data"]["groups"] for rule in group["rules"]]
+
     def stop(self) -> None:
         """SIGTERM and wait (its storage goes with the test's tmp directory)."""
         if self.proc and self.proc.poll() is None:
@@ -127,3 +133,25 @@ class PrometheusServer:
         if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+SELECTOR = re.compile(r"\b(kloop_[a-z0-9_]+|up)\b(\{[^}]*\})?")
+THRESHOLD = re.compile(r"^(?P<inner>.+?)\s*(?:>=|<=|>|<|==|!=)\s*[0-9][0-9.\s*+]*$", re.S)
+
+
+def selectors(expr: str) -> list[str]:
+    """The metric selectors (name and matchers) an expression reads, in order, once each."""
+    found = [m.group(0) for m in SELECTOR.finditer(expr)]
+    return list(dict.fromkeys(found))
+
+
+def without_threshold(expr: str) -> str | None:
+    """An alert's expression without its final comparison with a number, if it ends with one.
+
+    None for an expression joined with or/and/unless: its last comparison is not the whole one.
+    """
+    flat = " ".join(expr.split())
+    if re.search(r"\s(or|and|unless)\s", flat):
+        return None
+    match = THRESHOLD.match(flat)
+    return match.group("inner") if match else None

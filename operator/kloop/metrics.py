@@ -22,7 +22,13 @@ from prometheus_client.registry import Collector
 
 from kloop.api.conditions import Reason
 from kloop.api.loop import LoopSpec
-from kloop.api.looprun import LoopRunSpec, LoopRunStatus, Phase, RecordedVerdict
+from kloop.api.looprun import (
+    LoopRunSpec,
+    LoopRunStatus,
+    NotificationResult,
+    Phase,
+    RecordedVerdict,
+)
 from kloop.core import usage
 
 ITERATIONS = Counter("kloop_iterations_total", "Iterations started.", ["namespace", "loop"])
@@ -175,9 +181,15 @@ def _initialize(namespace: str, loop: str, spec: LoopSpec | None) -> None:
     RUNS_FINISHED.labels(namespace, loop, Phase.SUCCEEDED.value, "")
     for reason in HALT_REASONS:
         RUNS_FINISHED.labels(namespace, loop, Phase.HALTED.value, reason)
-    for checker in spec.checkers if spec is not None else []:
+    if spec is None:
+        return
+    for checker in spec.checkers:
         for verdict in RecordedVerdict:
             VERDICTS.labels(namespace, loop, checker.name, verdict.value)
+    for target in spec.notify or []:
+        for event in target.events:
+            for result in NotificationResult:
+                NOTIFICATIONS.labels(namespace, loop, target.name, event.value, result.value)
 
 
 @dataclass

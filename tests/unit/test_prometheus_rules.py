@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from e2e.prometheus import promtool
 
 pytestmark = pytest.mark.unit
