@@ -199,8 +199,9 @@ def _table(answers: dict[str, list[Json]], namespace: str) -> str:
     """The answers as a markdown table (pasted into docs/observability.md)."""
     lines = ["| query | series | example |", "|---|---|---|"]
     for expr, result in answers.items():
-        sample = result[0]
+        sample = max(result, key=lambda s: float(s["value"][1]))  # the most telling one
         labels = {k: v for k, v in sample["metric"].items() if k not in ("instance", "job")}
+        labels.pop("__name__", None)
         shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items())).replace(namespace, "<ns>")
         value = float(sample["value"][1])
         lines.append(f"| `{expr}` | {len(result)} | {{{shown}}} = {value:.4g} |")
