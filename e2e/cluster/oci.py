@@ -10,8 +10,8 @@
   ``~/.cache/kloop/wheels-<key>/``. ``image/bin/kubectl`` is the harness's pinned kubectl.
 - **Build.** ``buildah bud --layers --target <t>`` (buildah's own storage under
   ``/var/lib/containers``, overlay driver, keeps the layer cache between runs), then
-  ``buildah push`` to a docker-archive tarball under ``~/.cache/kloop/images/`` named by a digest
-  of every input: a warm run finds the tarball and never calls buildah.
+  ``buildah push`` to a docker-archive tarball under ``~/.cache/kloop/images/buildah/`` named by
+  a digest of every input: a warm run finds the tarball and never calls buildah.
 
 Buildah runs as root with its defaults (overlay storage on the host's ext4, ``oci`` isolation
 through runc); no storage configuration was needed on these machines.
@@ -47,6 +47,7 @@ PACKAGES = {"buildah": "/usr/bin/buildah", "mmdebstrap": "/usr/bin/mmdebstrap"}
 BASE_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 EXCLUDES = ("doc", "man", "locale", "info")
 PYTHON_LABEL = "dev.kloop.base.python"
+BUILT_DIR = IMAGES_DIR / "buildah"  # the exported images, apart from the harness's own
 # Inputs of the build besides the sources: a change to any of them makes new tarballs.
 CONTEXT_FILES = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md")
 
@@ -345,7 +346,7 @@ def prepare_context(say: Say = print) -> dict[str, str]:
 def tarball(target: Target, key: str) -> Path:
     """Where the docker-archive of ``target`` for inputs ``key`` is cached."""
     name = target.repository.rsplit("/", 1)[-1]
-    return IMAGES_DIR / f"{name}-{project_version()}-{key}.tar"
+    return BUILT_DIR / f"{name}-{project_version()}-{key}.tar"
 
 
 def build(target: Target, build_args: dict[str, str], say: Say = print) -> Path:
@@ -374,6 +375,7 @@ def build(target: Target, build_args: dict[str, str], say: Say = print) -> Path:
     )
     partial = out.with_suffix(".partial")
     partial.unlink(missing_ok=True)
+    BUILT_DIR.mkdir(parents=True, exist_ok=True)
     _buildah("push", "--quiet", ref, f"docker-archive:{partial}:{ref}")
     partial.rename(out)
     _prune(target, keep=out)
@@ -384,7 +386,7 @@ def build(target: Target, build_args: dict[str, str], say: Say = print) -> Path:
 def _prune(target: Target, keep: Path, count: int = 4) -> None:
     """Keep the ``count`` newest tarballs of ``target`` (worktrees share the cache)."""
     others = sorted(
-        (p for p in IMAGES_DIR.glob(tarball(target, "*").name) if p != keep),
+        (p for p in BUILT_DIR.glob(tarball(target, "*").name) if p != keep),
         key=lambda p: p.stat().st_mtime,
         reverse=True,
     )
