@@ -24,8 +24,9 @@ def say(msg: str) -> None:
 
 def build_all() -> dict[str, Path]:
     """Both images as docker-archive tarballs (cached by the digest of their inputs)."""
-    args = oci.prepare_context(say)
-    return {target.ref(): oci.build(target, args, say) for target in (oci.OPERATOR, oci.KIT)}
+    targets = (oci.OPERATOR, oci.KIT)
+    args = oci.prepare_context(targets, say)
+    return {target.ref(): oci.build(target, args, say) for target in targets}
 
 
 def prepare_docker_context(py_version: str) -> int:

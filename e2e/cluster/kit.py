@@ -20,4 +20,4 @@ def kit_image() -> str:
 
 def build_kit_image(say: oci.Say = print) -> Path:
     """Build (or find cached) the kit's docker-archive tarball; return its path."""
-    return oci.build(oci.KIT, oci.prepare_context(say), say)
+    return oci.build(oci.KIT, oci.prepare_context((oci.KIT,), say), say)

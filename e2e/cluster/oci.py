@@ -72,13 +72,16 @@ class Target:
 
     stage: str
     repository: str
+    base: Base
+    base_arg: str  # the Dockerfile ARG its stages start FROM
 
     def ref(self) -> str:
         return f"{self.repository}:{project_version()}"
 
 
-OPERATOR = Target("operator", "kloop.local/kloop")
-KIT = Target("kit", "kloop.local/kloop-kit")
+OPERATOR = Target("operator", "kloop.local/kloop", OPERATOR_BASE, "BASE")
+KIT = Target("kit", "kloop.local/kloop-kit", KIT_BASE, "KIT_BASE")
+BASE_ARGS = ("BASE", "KIT_BASE")
 
 
 def project_version() -> str:
@@ -330,17 +333,19 @@ def context_digest(build_args: dict[str, str]) -> str:
     return digest.hexdigest()[:12]
 
 
-def prepare_context(say: Say = print) -> dict[str, str]:
-    """Bases, wheels and kubectl ready; return the build args (``BASE``, ``KIT_BASE``)."""
+def prepare_context(targets: tuple[Target, ...], say: Say = print) -> dict[str, str]:
+    """Bases of ``targets``, wheels and kubectl ready; return their base build args.
+
+    Only the bases the targets need are made: ``make cluster-up`` needs only the kit's.
+    """
     ensure_packages(say)
-    base = ensure_base(OPERATOR_BASE, say)
-    kit_base = ensure_base(KIT_BASE, say)
-    py_version = python_version(base)
-    if python_version(kit_base) != py_version:
-        raise RuntimeError(f"{base} and {kit_base} have different Pythons")
-    ensure_wheels(py_version, say)
+    args = {target.base_arg: ensure_base(target.base, say) for target in targets}
+    pythons = {python_version(ref) for ref in args.values()}
+    if len(pythons) != 1:
+        raise RuntimeError(f"the bases {sorted(args.values())} have different Pythons")
+    ensure_wheels(pythons.pop(), say)
     ensure_kubectl()
-    return {"BASE": base, "KIT_BASE": kit_base}
+    return args
 
 
 def tarball(target: Target, key: str) -> Path:
@@ -350,14 +355,20 @@ def tarball(target: Target, key: str) -> Path:
 
 
 def build(target: Target, build_args: dict[str, str], say: Say = print) -> Path:
-    """Build ``target`` (cached by the digest of its inputs) and export it as a docker-archive."""
-    out = tarball(target, context_digest(build_args))
+    """Build ``target`` (cached by the digest of its inputs) and export it as a docker-archive.
+
+    The digest covers only the target's own base; the other base ARG is set to it as well, so
+    no stage ever names an image from a registry (buildah skips the unused stages anyway).
+    """
+    own = build_args[target.base_arg]
+    out = tarball(target, context_digest({target.base_arg: own}))
     if out.exists():
         return out
     ref = target.ref()
     say(f"buildah bud --target {target.stage} -t {ref}")
     started = time.monotonic()
-    args = [arg for key, value in build_args.items() for arg in ("--build-arg", f"{key}={value}")]
+    values = {name: build_args.get(name, own) for name in BASE_ARGS}
+    args = [arg for key, value in values.items() for arg in ("--build-arg", f"{key}={value}")]
     _buildah(
         "bud",
         "--layers",
