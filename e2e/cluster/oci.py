@@ -365,7 +365,10 @@ def build(target: Target, build_args: dict[str, str], say: Say = print) -> Path:
     if out.exists():
         return out
     ref = target.ref()
-    say(f"buildah bud --target {target.stage} -t {ref}")
+    # Built under a tag of its own inputs, so two checkouts building at once never export each
+    # other's image; tagged ``ref`` too afterwards, for ``buildah from`` and friends.
+    unique = f"localhost/kloop-build-{target.stage}:{out.stem.rsplit('-', 1)[-1]}"
+    say(f"buildah bud --target {target.stage} -t {unique}")
     started = time.monotonic()
     values = {name: build_args.get(name, own) for name in BASE_ARGS}
     args = [arg for key, value in values.items() for arg in ("--build-arg", f"{key}={value}")]
@@ -378,7 +381,7 @@ def build(target: Target, build_args: dict[str, str], say: Say = print) -> Path:
         target.stage,
         *args,
         "--tag",
-        ref,
+        unique,
         "--file",
         str(REPO / "Dockerfile"),
         str(REPO),
@@ -387,7 +390,9 @@ def build(target: Target, build_args: dict[str, str], say: Say = print) -> Path:
     partial = out.with_suffix(".partial")
     partial.unlink(missing_ok=True)
     BUILT_DIR.mkdir(parents=True, exist_ok=True)
-    _buildah("push", "--quiet", ref, f"docker-archive:{partial}:{ref}")
+    _buildah("push", "--quiet", unique, f"docker-archive:{partial}:{ref}")
+    _buildah("tag", unique, ref)
+    _buildah("rmi", unique)  # only the extra name: ``ref`` keeps the image
     partial.rename(out)
     _prune(target, keep=out)
     say(f"{ref}: built in {time.monotonic() - started:.0f}s -> {out}")
