@@ -45,6 +45,12 @@ test: lint ## Lint, then the whole suite: unit, integration (apiserver) and e2e 
 test-unit: $(STAMP) ## Only the pure unit tests (no cluster)
 	$(PY) -m pytest -m unit tests
 
+image: $(STAMP) ## Build the operator and kit images (buildah) and import them into the local node
+	$(PY) -m e2e.image
+
+wheels: $(STAMP) ## Only prepare image/ (wheels, kubectl) for a `docker build` without the index
+	$(PY) -m e2e.image --context-only
+
 cluster-up: $(STAMP) ## Build (cached) and start the local cluster
 	$(PY) -m e2e.cluster up
 
@@ -63,4 +69,4 @@ demo-fleet: $(STAMP) ## The multi-cluster example on a local fleet of three clus
 bench: $(STAMP) ## Benchmarks; results go to docs/BENCHMARKS.md
 	$(PY) -m e2e.bench
 
-.PHONY: help venv lint fmt crds admission dashboard test test-unit cluster-up cluster-down cluster-status demo demo-fleet bench
+.PHONY: help venv lint fmt crds admission dashboard image wheels test test-unit cluster-up cluster-down cluster-status demo demo-fleet bench
