@@ -36,6 +36,9 @@ crds: $(STAMP) ## Regenerate crds/ from the pydantic models
 admission: $(STAMP) ## Regenerate deploy/admission/ from the chart's admission policies
 	$(PY) -m e2e.admission
 
+dashboard: $(STAMP) ## Regenerate the chart's Grafana dashboard from e2e/dashboard.py
+	$(PY) -m e2e.dashboard
+
 test: lint ## Lint, then the whole suite: unit, integration (apiserver) and e2e (real pods)
 	$(PY) -m pytest tests e2e
 
@@ -60,4 +63,4 @@ demo-fleet: $(STAMP) ## The multi-cluster example on a local fleet of three clus
 bench: $(STAMP) ## Benchmarks; results go to docs/BENCHMARKS.md
 	$(PY) -m e2e.bench
 
-.PHONY: help venv lint fmt crds admission test test-unit cluster-up cluster-down cluster-status demo demo-fleet bench
+.PHONY: help venv lint fmt crds admission dashboard test test-unit cluster-up cluster-down cluster-status demo demo-fleet bench

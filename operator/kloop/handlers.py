@@ -27,7 +27,7 @@ from kloop.adapters.observe import Caches, Snapshot, observe
 from kloop.api import GROUP, VERSION
 from kloop.core import names
 from kloop.core.decide import decide
-from kloop.metrics import RECONCILE
+from kloop.metrics import RECONCILE, RUNS, error_reason, record_reconcile_error
 
 log = logging.getLogger("kloop.handlers")
 
@@ -101,10 +101,11 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str, uid: str)
     while True:
         driver = _drivers[uid]
         driver.wake.clear()
+        started = time.monotonic()
         try:
-            started = time.monotonic()
             snap = await observe(kube, namespace, name, caches)
             if snap is None or snap.observed.uid != uid:
+                RUNS.forget(uid)
                 return  # deleted (a re-created run of the same name has its own task)
             decision = decide(snap.observed)
             applied = await apply(kube, snap, decision, caches)
@@ -115,6 +116,8 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str, uid: str)
         except asyncio.CancelledError:
             raise
         except PermanentWriteError as err:
+            RECONCILE.observe(time.monotonic() - started)
+            record_reconcile_error("permanent", err.reason.value)
             log.error("write refused for good: %s", err.message, extra=ctx)
             if uid in caches.write_rejected and snap is not None:
                 await errors.mark_failed(kube, snap, err.reason, err.message)
@@ -122,6 +125,8 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str, uid: str)
             caches.write_rejected[uid] = (err.reason.value, err.message)
             continue
         except Exception as err:  # noqa: BLE001 - a run must survive API hiccups
+            RECONCILE.observe(time.monotonic() - started)
+            record_reconcile_error("transient", error_reason(err))
             retries.failures += 1
             delay = min(ERROR_BACKOFF_MAX, 2.0**retries.failures)
             log.warning("reconcile failed, retrying in %.0fs: %s", delay, err, extra=ctx)
@@ -163,6 +168,7 @@ async def run_event(
         if driver is not None:
             driver.task.cancel()
         memo.caches.forget(uid)
+        RUNS.forget(uid)  # its series end at the next scrape
         return
     if driver is not None and not driver.task.done():
         driver.wake.set()

@@ -45,7 +45,7 @@ from kloop.core.model import (
     RecordEvent,
 )
 from kloop.core.notify import RunRef
-from kloop.metrics import PODS_CREATED, record_transition
+from kloop.metrics import PODS_CREATED, RUNS, record_transition
 
 log = logging.getLogger("kloop.apply")
 
@@ -605,11 +605,10 @@ async def apply(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) 
         await write_status(kube, snap, decision)
     except Conflict:
         return False
-    record_transition(
-        snap.run["metadata"]["namespace"],
-        snap.observed.loop.name,
-        snap.observed.status,
-        decision.status,
+    obs = snap.observed
+    record_transition(obs.namespace, obs.loop.name, obs.status, decision.status)
+    RUNS.track(
+        obs.uid, obs.namespace, obs.name, obs.loop.name, obs.loop.spec, obs.spec, decision.status
     )
     _notify(kube, snap, decision, caches)
     for action in decision.actions:  # events first: they must match the status just written

@@ -163,7 +163,11 @@ class Notifier:
             outcome = _Outcome(NotificationResult.FAILED, 0, str(err))
         outcome.message = _mask(outcome.message, url)[:MESSAGE_CHARS]
         NOTIFICATIONS.labels(
-            job.run.namespace, job.run.loop, job.target.name, job.note.event.value, outcome.result
+            job.run.namespace,
+            job.run.loop,
+            job.target.name,
+            job.note.event.value,
+            outcome.result.value,
         ).inc()
         log.info(
             "notification %s",
