@@ -1,10 +1,11 @@
-"""``make install`` / ``make uninstall``: the chart in the local cluster, as a platform team runs it.
+"""``make install`` / ``make uninstall``: the chart in the local cluster, as platform teams run it.
 
 Install: the local cluster (started when none runs), the images (``make image``, imported into
 the node), the CRDs applied server-side (Helm never upgrades ``crds/``), then ``helm upgrade
---install`` with the local image, waiting until the operator's Deployment is Ready. Uninstall: the release,
-then the CRDs (and with them every Loop and LoopRun) and the namespace, then a check that nothing
-labelled with the release is left anywhere in the cluster.
+--install`` with the local image, waiting until the operator's Deployment is Ready.
+
+Uninstall: the release, then the CRDs (and with them every Loop and LoopRun) and the namespace,
+then a check that nothing labelled with the release is left anywhere in the cluster.
 """
 
 from __future__ import annotations
