@@ -45,6 +45,12 @@ test: lint ## Lint, then the whole suite: unit, integration (apiserver) and e2e 
 test-unit: $(STAMP) ## Only the pure unit tests (no cluster)
 	$(PY) -m pytest -m unit tests
 
+image: $(STAMP) ## Build the operator and kit images (buildah) and import them into the local node
+	$(PY) -m e2e.image
+
+wheels: $(STAMP) ## Only prepare image/ (wheels, kubectl) for a `docker build` without the index
+	$(PY) -m e2e.image --context-only
+
 cluster-up: $(STAMP) ## Build (cached) and start the local cluster
 	$(PY) -m e2e.cluster up
 
@@ -60,7 +66,13 @@ demo: $(STAMP) ## Start the cluster if needed, install CRDs, run the operator an
 demo-fleet: $(STAMP) ## The multi-cluster example on a local fleet of three clusters, stage by stage
 	$(PY) -m e2e.demo_fleet
 
+install: $(STAMP) ## Images, then the chart with Helm into the local cluster; waits until Ready
+	$(PY) -m e2e.install install
+
+uninstall: $(STAMP) ## Remove the release, its CRDs and namespace; fails if anything is left
+	$(PY) -m e2e.install uninstall
+
 bench: $(STAMP) ## Benchmarks; results go to docs/BENCHMARKS.md
 	$(PY) -m e2e.bench
 
-.PHONY: help venv lint fmt crds admission dashboard test test-unit cluster-up cluster-down cluster-status demo demo-fleet bench
+.PHONY: help venv lint fmt crds admission dashboard image wheels install uninstall test test-unit cluster-up cluster-down cluster-status demo demo-fleet bench

@@ -23,7 +23,7 @@ import yaml
 from e2e import image
 from e2e.cluster import local, oci
 from e2e.cluster.helm import helm
-from e2e.cluster.paths import kubectl
+from e2e.cluster.paths import ADMIN_KUBECONFIG, kubectl
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "kloop"
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         if not local.is_up():
             say("the local cluster is not up: nothing to uninstall")
             return 0
-        left = uninstall(local.ADMIN_KUBECONFIG)
+        left = uninstall(ADMIN_KUBECONFIG)
         if left:
             say(f"still present after uninstall: {', '.join(left)}")
             return 1

@@ -46,6 +46,7 @@ DEBIAN_NEEDS = {
     "gcc": "/usr/bin/gcc",
     "libc6-dev": "/usr/lib/x86_64-linux-gnu/libc.a",
     "mmdebstrap": "/usr/bin/mmdebstrap",
+    "buildah": "/usr/bin/buildah",
 }
 
 

@@ -1,0 +1,419 @@
+"""Build the Dockerfile's images with buildah, without a registry: base, wheels, build, export.
+
+- **Bases.** ``mmdebstrap --variant=minbase`` makes a Debian rootfs from the host's apt sources
+  (``python3``; the kit's base also ``git`` and ``busybox-static``), once per set of inputs,
+  cached as ``~/.cache/kloop/images/<name>-<suite>-<key>.tar`` and turned into the buildah image
+  ``localhost/<name>:<suite>-<key>``; the Dockerfile receives it as ``BASE`` / ``KIT_BASE``.
+- **Build context.** ``image/wheels`` gets pip, setuptools and kloop's dependencies as wheels for
+  the base's Python, at the versions installed in this checkout's venv (``pip download`` on the
+  host, which can reach the index; the build itself runs with ``--network none``), cached under
+  ``~/.cache/kloop/wheels-<key>/``. ``image/bin/kubectl`` is the harness's pinned kubectl.
+- **Build.** ``buildah bud --layers --target <t>`` (buildah's own storage under
+  ``/var/lib/containers``, overlay driver, keeps the layer cache between runs), then
+  ``buildah push`` to a docker-archive tarball under ``~/.cache/kloop/images/buildah/`` named by
+  a digest of every input: a warm run finds the tarball and never calls buildah.
+
+Buildah runs as root with its defaults (overlay storage on the host's ext4, ``oci`` isolation
+through runc); no storage configuration was needed on these machines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import IO
+
+from e2e.cluster.paths import CACHE_ROOT, IMAGES_DIR, kubectl
+
+REPO = Path(__file__).resolve().parents[2]
+CONTEXT = REPO / "image"
+WHEELS = CONTEXT / "wheels"
+CONTEXT_KUBECTL = CONTEXT / "bin" / "kubectl"
+DEBIAN_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
+PACKAGES = {"buildah": "/usr/bin/buildah", "mmdebstrap": "/usr/bin/mmdebstrap"}
+BASE_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+EXCLUDES = ("doc", "man", "locale", "info")
+PYTHON_LABEL = "dev.kloop.base.python"
+BUILT_DIR = IMAGES_DIR / "buildah"  # the exported images, apart from the harness's own
+# Inputs of the build besides the sources: a change to any of them makes new tarballs.
+CONTEXT_FILES = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md")
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Base:
+    """A Debian base image made by mmdebstrap: its buildah name and the packages it includes."""
+
+    name: str
+    include: tuple[str, ...]
+
+
+OPERATOR_BASE = Base("kloop-base", ("python3", "ca-certificates"))
+KIT_BASE = Base("kloop-kit-base", ("python3", "ca-certificates", "git", "busybox-static"))
+
+
+@dataclass(frozen=True)
+class Target:
+    """A final stage of the Dockerfile and the image reference it is built as."""
+
+    stage: str
+    repository: str
+
+    def ref(self) -> str:
+        return f"{self.repository}:{project_version()}"
+
+
+OPERATOR = Target("operator", "kloop.local/kloop")
+KIT = Target("kit", "kloop.local/kloop-kit")
+
+
+def project_version() -> str:
+    """The version in pyproject.toml: the tag of both images."""
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    return str(data["project"]["version"])
+
+
+def _pyproject_dependencies() -> list[str]:
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    return [str(dep) for dep in data["project"]["dependencies"]]
+
+
+def ensure_packages(say: Say = print) -> None:
+    """Install buildah and mmdebstrap from Debian when missing."""
+    missing = [pkg for pkg, path in PACKAGES.items() if not Path(path).exists()]
+    if not missing:
+        return
+    say(f"installing Debian packages: {' '.join(missing)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def _buildah(*args: str, quiet: bool = True) -> str:
+    proc = subprocess.run(["buildah", *args], capture_output=quiet, text=True)
+    if proc.returncode != 0:
+        detail = (proc.stderr or "")[-3000:] if quiet else ""
+        raise RuntimeError(f"buildah {' '.join(args[:3])} ... failed:\n{detail}")
+    return proc.stdout or ""
+
+
+def debian_suite() -> str:
+    """The host's Debian codename: bases are made from the host's own apt sources."""
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith("VERSION_CODENAME="):
+            return line.split("=", 1)[1].strip().strip('"')
+    raise RuntimeError("/etc/os-release names no VERSION_CODENAME: not a Debian host")
+
+
+def host_sources() -> list[str]:
+    """The host's apt sources files (``.list`` and deb822 ``.sources``): mmdebstrap's mirrors."""
+    found: list[str] = []
+    for source in DEBIAN_SOURCES:
+        if source.is_file() and source.stat().st_size:
+            found.append(str(source))
+        elif source.is_dir():
+            found += [str(p) for p in sorted(source.iterdir()) if p.suffix in (".list", ".sources")]
+    return found
+
+
+def _base_key(base: Base, suite: str) -> str:
+    digest = hashlib.sha256(f"{suite} {' '.join(base.include)} {EXCLUDES}".encode())
+    for source in host_sources():
+        digest.update(Path(source).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _base_rootfs(base: Base, suite: str, key: str, say: Say) -> Path:
+    out = IMAGES_DIR / f"{base.name}-{suite}-{key}.tar"
+    if out.exists():
+        return out
+    IMAGES_DIR.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial.tar")
+    log = IMAGES_DIR / f"{base.name}.mmdebstrap.log"
+    say(f"making the Debian {suite} base {base.name} with mmdebstrap (log {log})")
+    started = time.monotonic()
+    excludes = [f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in EXCLUDES]
+    with log.open("w") as log_file:
+        proc = subprocess.run(
+            [
+                "mmdebstrap",
+                "--mode=root",
+                "--variant=minbase",
+                f"--include={','.join(base.include)}",
+                *excludes,
+                "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+                suite,
+                str(partial),
+                *host_sources(),
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    if proc.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"mmdebstrap failed; see {log}")
+    partial.rename(out)
+    say(f"{base.name}: {out.stat().st_size / 2**20:.0f} MB in {time.monotonic() - started:.0f}s")
+    return out
+
+
+def image_exists(ref: str) -> bool:
+    """Whether buildah's storage has an image named ``ref``."""
+    proc = subprocess.run(["buildah", "inspect", "--type", "image", ref], capture_output=True)
+    return proc.returncode == 0
+
+
+def ensure_base(base: Base, say: Say = print) -> str:
+    """The buildah name of ``base``, made (mmdebstrap) and imported once per set of inputs."""
+    suite = debian_suite()
+    key = _base_key(base, suite)
+    ref = f"localhost/{base.name}:{suite}-{key}"
+    if image_exists(ref):
+        return ref
+    rootfs = _base_rootfs(base, suite, key, say)
+    say(f"importing {rootfs.name} into buildah as {ref}")
+    container = _buildah("from", "--quiet", "scratch").strip()
+    try:
+        _buildah("add", "--quiet", container, str(rootfs), "/")
+        label = f"{PYTHON_LABEL}={_rootfs_python(rootfs)}"
+        _buildah("config", "--env", BASE_PATH, "--cmd", "/bin/sh", "--label", label, container)
+        _buildah("commit", "--quiet", container, ref)
+    finally:
+        subprocess.run(["buildah", "rm", container], capture_output=True)
+    return ref
+
+
+def python_version(base_ref: str) -> str:
+    """The ``python3.N`` of a base, from the label ``ensure_base`` gave it."""
+    fmt = '{{index .OCIv1.Config.Labels "' + PYTHON_LABEL + '"}}'
+    version = _buildah("inspect", "--type", "image", "--format", fmt, base_ref).strip()
+    if not re.fullmatch(r"3\.\d+", version):
+        raise RuntimeError(f"{base_ref} has no {PYTHON_LABEL} label")
+    return version
+
+
+def _rootfs_python(rootfs: Path) -> str:
+    """``3.11`` for a rootfs tarball whose ``usr/bin`` holds ``python3.11``."""
+    with tarfile.open(rootfs) as tar:
+        names = " ".join(tar.getnames())
+    versions: list[str] = sorted(set(re.findall(r"usr/bin/python(3\.\d+)\b", names)))
+    if not versions:
+        raise RuntimeError(f"no usr/bin/python3.N in {rootfs}")
+    return versions[-1]
+
+
+def _constraints() -> list[str]:
+    """Every distribution installed in this venv, pinned (kloop itself and build tools aside)."""
+    skip = {"kloop", "pip", "setuptools", "wheel"}
+    pins = set()
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and name.lower() not in skip:
+            pins.add(f"{name.lower()}=={dist.version}")
+    return sorted(pins)
+
+
+def _platforms() -> list[str]:
+    """The manylinux tags for glibc 2.36 (bookworm) and older, for this machine's architecture."""
+    arch = platform.machine()
+    tags = [f"manylinux_2_{minor}_{arch}" for minor in range(36, 4, -1)]
+    return tags + [f"manylinux2014_{arch}", f"manylinux2010_{arch}", f"manylinux1_{arch}"]
+
+
+def wheels_key(py_version: str) -> str:
+    """What decides the wheel set: the base's Python, the requirements and the venv's versions."""
+    text = json.dumps([py_version, _platforms(), _pyproject_dependencies(), _constraints()])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def ensure_wheels(py_version: str, say: Say = print) -> Path:
+    """Download the wheels once into the cache, then mirror them into ``image/wheels``."""
+    cached = CACHE_ROOT / f"wheels-py{py_version}-{wheels_key(py_version)}"
+    if not cached.exists():
+        say(f"downloading wheels for Python {py_version} into {cached}")
+        partial = cached.with_name(cached.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        constraints = partial / "constraints.txt"
+        constraints.write_text("\n".join(_constraints()) + "\n")
+        platforms = [arg for tag in _platforms() for arg in ("--platform", tag)]
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--only-binary=:all:",
+                "--implementation=cp",
+                f"--python-version={py_version}",
+                *platforms,
+                "--dest",
+                str(partial),
+                "--constraint",
+                str(constraints),
+                "pip",
+                "setuptools>=77",
+                *_pyproject_dependencies(),
+            ],
+            check=True,
+        )
+        constraints.unlink()
+        partial.rename(cached)
+    wanted = {p.name for p in cached.glob("*.whl")}
+    WHEELS.mkdir(parents=True, exist_ok=True)
+    for stale in WHEELS.iterdir():
+        if stale.name not in wanted:
+            stale.unlink()
+    for name in wanted - {p.name for p in WHEELS.iterdir()}:
+        shutil.copy2(cached / name, WHEELS / name)
+    return WHEELS
+
+
+def ensure_kubectl() -> Path:
+    """The harness's pinned kubectl in the build context (copied when it differs)."""
+    src = kubectl()
+    if not src.exists():
+        from e2e.cluster import build  # builds the pinned Kubernetes binaries (cached)
+
+        build.build_kubernetes()
+    CONTEXT_KUBECTL.parent.mkdir(parents=True, exist_ok=True)
+    if not CONTEXT_KUBECTL.exists() or _file_digest(CONTEXT_KUBECTL) != _file_digest(src):
+        shutil.copy2(src, CONTEXT_KUBECTL)
+    return CONTEXT_KUBECTL
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def context_digest(build_args: dict[str, str]) -> str:
+    """A digest of everything the build reads: context files, sources, wheels, kubectl, bases."""
+    digest = hashlib.sha256(json.dumps(build_args, sort_keys=True).encode())
+    digest.update(Path(__file__).read_bytes())
+    paths = [REPO / name for name in CONTEXT_FILES]
+    paths += sorted(
+        p
+        for p in (REPO / "operator").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and ".egg-info" not in str(p)
+    )
+    paths += sorted(p for p in CONTEXT.rglob("*") if p.is_file() and p.parent != WHEELS)
+    for path in paths:
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0")
+        digest.update(_file_digest(path).encode())
+    wheels = sorted(p.name for p in WHEELS.glob("*.whl"))
+    digest.update("\n".join(wheels).encode())
+    return digest.hexdigest()[:12]
+
+
+def prepare_context(say: Say = print) -> dict[str, str]:
+    """Bases, wheels and kubectl ready; return the build args (``BASE``, ``KIT_BASE``)."""
+    ensure_packages(say)
+    base = ensure_base(OPERATOR_BASE, say)
+    kit_base = ensure_base(KIT_BASE, say)
+    py_version = python_version(base)
+    if python_version(kit_base) != py_version:
+        raise RuntimeError(f"{base} and {kit_base} have different Pythons")
+    ensure_wheels(py_version, say)
+    ensure_kubectl()
+    return {"BASE": base, "KIT_BASE": kit_base}
+
+
+def tarball(target: Target, key: str) -> Path:
+    """Where the docker-archive of ``target`` for inputs ``key`` is cached."""
+    name = target.repository.rsplit("/", 1)[-1]
+    return BUILT_DIR / f"{name}-{project_version()}-{key}.tar"
+
+
+def build(target: Target, build_args: dict[str, str], say: Say = print) -> Path:
+    """Build ``target`` (cached by the digest of its inputs) and export it as a docker-archive."""
+    out = tarball(target, context_digest(build_args))
+    if out.exists():
+        return out
+    ref = target.ref()
+    say(f"buildah bud --target {target.stage} -t {ref}")
+    started = time.monotonic()
+    args = [arg for key, value in build_args.items() for arg in ("--build-arg", f"{key}={value}")]
+    _buildah(
+        "bud",
+        "--layers",
+        "--network",
+        "none",
+        "--target",
+        target.stage,
+        *args,
+        "--tag",
+        ref,
+        "--file",
+        str(REPO / "Dockerfile"),
+        str(REPO),
+        quiet=False,
+    )
+    partial = out.with_suffix(".partial")
+    partial.unlink(missing_ok=True)
+    BUILT_DIR.mkdir(parents=True, exist_ok=True)
+    _buildah("push", "--quiet", ref, f"docker-archive:{partial}:{ref}")
+    partial.rename(out)
+    _prune(target, keep=out)
+    say(f"{ref}: built in {time.monotonic() - started:.0f}s -> {out}")
+    return out
+
+
+def _prune(target: Target, keep: Path, count: int = 4) -> None:
+    """Keep the ``count`` newest tarballs of ``target`` (worktrees share the cache)."""
+    others = sorted(
+        (p for p in BUILT_DIR.glob(tarball(target, "*").name) if p != keep),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in others[count - 1 :]:
+        old.unlink(missing_ok=True)
+
+
+def archive_files(path: Path) -> list[str]:
+    """Every path in a docker-archive's layers (later layers listed after earlier ones)."""
+    files: list[str] = []
+    with tarfile.open(path) as outer:
+        manifest = json.load(_member(outer, "manifest.json"))
+        for layer in manifest[0]["Layers"]:
+            with tarfile.open(fileobj=_member(outer, layer)) as inner:
+                files += [name.removeprefix("./") for name in inner.getnames()]
+    return files
+
+
+def archive_size(path: Path) -> int:
+    """The uncompressed size of an image: the sum of its layer tars."""
+    with tarfile.open(path) as outer:
+        manifest = json.load(_member(outer, "manifest.json"))
+        return sum(outer.getmember(layer).size for layer in manifest[0]["Layers"])
+
+
+def _member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
+    member = tar.extractfile(name)
+    if member is None:
+        raise RuntimeError(f"{name} is not a file in {tar.name!r}")
+    return member
