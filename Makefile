@@ -39,8 +39,9 @@ admission: $(STAMP) ## Regenerate deploy/admission/ from the chart's admission p
 dashboard: $(STAMP) ## Regenerate the chart's Grafana dashboard from e2e/dashboard.py
 	$(PY) -m e2e.dashboard
 
-test: lint ## Lint, then the whole suite: unit, integration (apiserver) and e2e (real pods)
+test: lint ## Lint, then the whole suite (unit, integration, e2e), then the engine e2e in-cluster
 	$(PY) -m pytest tests e2e
+	KLOOP_E2E_OPERATOR=chart $(PY) -m pytest -m both_modes e2e
 
 test-unit: $(STAMP) ## Only the pure unit tests (no cluster)
 	$(PY) -m pytest -m unit tests
