@@ -65,4 +65,4 @@ def test_installed_chart_runs_the_greeting_loop_in_cluster_and_uninstall_leaves_
         left = install.uninstall(cluster)
         install_crds(api_client)  # the rest of the suite needs them back
     assert left == []
-    wait_for("the run's pods to be garbage-collected", lambda: not run_pods(api_client, namespace, "greeting-1"), 60)
+    wait_for("pods gone", lambda: not run_pods(api_client, namespace, "greeting-1"), 60)
