@@ -39,8 +39,9 @@ admission: $(STAMP) ## Regenerate deploy/admission/ from the chart's admission p
 dashboard: $(STAMP) ## Regenerate the chart's Grafana dashboard from e2e/dashboard.py
 	$(PY) -m e2e.dashboard
 
-test: lint ## Lint, then the whole suite: unit, integration (apiserver) and e2e (real pods)
+test: lint ## Lint, then the whole suite (unit, integration, e2e), then the engine e2e in-cluster
 	$(PY) -m pytest tests e2e
+	KLOOP_E2E_OPERATOR=chart $(PY) -m pytest -m both_modes e2e
 
 test-unit: $(STAMP) ## Only the pure unit tests (no cluster)
 	$(PY) -m pytest -m unit tests
@@ -66,7 +67,13 @@ demo: $(STAMP) ## Start the cluster if needed, install CRDs, run the operator an
 demo-fleet: $(STAMP) ## The multi-cluster example on a local fleet of three clusters, stage by stage
 	$(PY) -m e2e.demo_fleet
 
+install: $(STAMP) ## Images, then the chart with Helm into the local cluster; waits until Ready
+	$(PY) -m e2e.install install
+
+uninstall: $(STAMP) ## Remove the release, its CRDs and namespace; fails if anything is left
+	$(PY) -m e2e.install uninstall
+
 bench: $(STAMP) ## Benchmarks; results go to docs/BENCHMARKS.md
 	$(PY) -m e2e.bench
 
-.PHONY: help venv lint fmt crds admission dashboard image wheels test test-unit cluster-up cluster-down cluster-status demo demo-fleet bench
+.PHONY: help venv lint fmt crds admission dashboard image wheels install uninstall test test-unit cluster-up cluster-down cluster-status demo demo-fleet bench

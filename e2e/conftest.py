@@ -1,5 +1,9 @@
+import pytest
+
+from e2e import incluster
 from e2e.fixtures import (
     api_client,
+    chart_release,
     cluster,
     extra_cluster,
     fleet,
@@ -11,6 +15,7 @@ from e2e.fixtures import (
 
 __all__ = [
     "api_client",
+    "chart_release",
     "cluster",
     "extra_cluster",
     "fleet",
@@ -19,3 +24,19 @@ __all__ = [
     "namespace",
     "operator",
 ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_modes: also runs against the operator installed from the chart"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In chart mode, skip tests that start operators of their own (two would serve one run)."""
+    if not incluster.chart_mode():
+        return
+    skip = pytest.mark.skip(reason=f"{incluster.MODE_ENV}=chart runs only tests marked both_modes")
+    for item in items:
+        if item.get_closest_marker("both_modes") is None:
+            item.add_marker(skip)

@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
+from e2e import incluster
 from e2e.cluster import extra, local, node
+from e2e.cluster.helm import helm
 from e2e.crds import install_crds
 from e2e.fleet import FLEET, TargetCluster, add_target_cluster
-from e2e.operator_process import OperatorProcess
+from e2e.operator_process import OperatorProcess, RunningOperator
 
 
 def using_external_cluster() -> bool:
@@ -58,10 +60,19 @@ def api_client(cluster: Path) -> client.ApiClient:
 
 @pytest.fixture
 def namespace(api_client: client.ApiClient) -> Iterator[str]:
-    """A fresh namespace for one test, deleted afterwards."""
-    name = f"t-{uuid.uuid4().hex[:10]}"
+    """A fresh namespace for one test, deleted afterwards.
+
+    In chart mode it is one the session's in-cluster operator serves (``ic-*``, labelled).
+    """
+    meta = client.V1ObjectMeta(name=f"t-{uuid.uuid4().hex[:10]}")
+    if incluster.chart_mode():
+        key, value = incluster.NAMESPACE_LABEL
+        meta = client.V1ObjectMeta(
+            name=f"{incluster.NAMESPACE_PREFIX}{uuid.uuid4().hex[:10]}", labels={key: value}
+        )
+    name = meta.name
     core = client.CoreV1Api(api_client)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    core.create_namespace(client.V1Namespace(metadata=meta))
     try:
         yield name
     finally:
@@ -119,20 +130,67 @@ def kloop_crds(api_client: client.ApiClient) -> list[str]:
     return install_crds(api_client)
 
 
+@pytest.fixture(scope="session")
+def chart_release(cluster: Path, kloop_crds: list[str]) -> Iterator[Path]:
+    """The chart installed once for the session from the local image; removed at the end.
+
+    Only the release and its namespace go: the CRDs are the suite's (``kloop_crds``).
+    """
+    from e2e import image, install  # the image build needs buildah: only chart mode pays for it
+
+    assert image.main([]) == 0, "make image failed"
+    install.install(
+        cluster,
+        incluster.release_values(),
+        release=incluster.RELEASE,
+        namespace=incluster.RELEASE_NAMESPACE,
+    )
+    try:
+        yield cluster
+    finally:
+        helm(
+            cluster,
+            "uninstall",
+            incluster.RELEASE,
+            f"--namespace={incluster.RELEASE_NAMESPACE}",
+            "--wait",
+        )
+        client.CoreV1Api(config.new_client_from_config(config_file=str(cluster))).delete_namespace(
+            incluster.RELEASE_NAMESPACE
+        )
+
+
 @pytest.fixture
 def operator(
-    cluster: Path, kloop_crds: list[str], namespace: str, tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    """The kloop operator as a process watching this test's namespace; its log on failure.
+    request: pytest.FixtureRequest,
+    cluster: Path,
+    kloop_crds: list[str],
+    namespace: str,
+    tmp_path: Path,
+) -> Iterator[RunningOperator]:
+    """The kloop operator serving this test's namespace; its log on failure.
 
-    Loopback is allowed for egress: the suite's HTTP oracles are servers on 127.0.0.1.
+    A host process by default (loopback is allowed for egress: the suite's HTTP oracles are
+    servers on 127.0.0.1); with ``KLOOP_E2E_OPERATOR=chart``, the session's in-cluster release.
     """
-    proc = OperatorProcess(
-        cluster, tmp_path / "operator.log", [namespace], ["--allow-egress-cidr", "127.0.0.0/8"]
-    )
-    proc.start()
+    running: RunningOperator
+    if incluster.chart_mode():
+        request.getfixturevalue("chart_release")
+        in_cluster = incluster.InClusterOperator(cluster, tmp_path / "operator.log")
+        in_cluster.attach()
+        running = in_cluster
+    else:
+        proc = OperatorProcess(
+            cluster, tmp_path / "operator.log", [namespace], ["--allow-egress-cidr", "127.0.0.0/8"]
+        )
+        proc.start()
+        running = proc
     try:
-        yield proc
+        yield running
     finally:
-        proc.stop()
-        print(f"--- operator log (tail) ---\n{proc.log_tail(60)}")
+        if isinstance(running, incluster.InClusterOperator):
+            running.close()
+            running.ensure_running()  # a test that stopped it leaves it running for the next
+        else:
+            running.stop()
+        print(f"--- operator log (tail) ---\n{running.log_tail(60)}")

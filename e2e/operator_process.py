@@ -8,6 +8,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Protocol
+
+
+class RunningOperator(Protocol):
+    """What a test may do with the operator, whether a host process or the chart's Deployment."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def log_tail(self, lines: int = 40) -> str: ...
 
 
 class OperatorProcess:

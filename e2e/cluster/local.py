@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from e2e.cluster import build, images, kit, pki, processes
-from e2e.cluster.paths import ADMIN_KUBECONFIG, CACHE_ROOT, LOGS, PKI, STATE_ROOT, kubectl
+from e2e.cluster.paths import ADMIN_KUBECONFIG, CACHE_ROOT, K8S_BIN, LOGS, PKI, STATE_ROOT, kubectl
 
 ETCD_CLIENT = "http://127.0.0.1:2379"
 API_PORT = 6443
@@ -214,16 +214,21 @@ def start_apiserver(name: str, argv: list[str], kubeconfig: Path) -> Path:
     return kubeconfig
 
 
+API_SERVER = f"https://{pki.NODE_IP}:{API_PORT}"
+"""The main apiserver listens on the bridge address: the host reaches it there, and so do pods,
+through the ``kubernetes`` Service that kube-proxy routes to it (the operator runs in-cluster)."""
+
+
 def _start_main_apiserver(k8s_bin: Path) -> Path:
     kubeconfig = pki.write_kubeconfig(
-        CLUSTERS_DIR / "kube-apiserver.kubeconfig", PKI, "admin", f"https://127.0.0.1:{API_PORT}"
+        CLUSTERS_DIR / "kube-apiserver.kubeconfig", PKI, "admin", API_SERVER
     )
-    argv = apiserver_argv(k8s_bin, API_PORT, "/registry", "127.0.0.1")
+    argv = apiserver_argv(k8s_bin, API_PORT, "/registry", pki.NODE_IP)
     return start_apiserver("kube-apiserver", argv, kubeconfig)
 
 
 def _component_kubeconfigs() -> dict[str, Path]:
-    server = f"https://127.0.0.1:{API_PORT}"
+    server = API_SERVER
     return {
         user: pki.write_kubeconfig(STATE_ROOT / f"{user}.kubeconfig", PKI, user, server)
         for user in ("controller-manager", "scheduler", "kubelet", "kube-proxy")
@@ -409,6 +414,46 @@ def _start_kubelet(k8s_bin: Path, kubeconfig: Path) -> None:
         )
 
 
+def kube_proxy_config(kubeconfig: Path) -> str:
+    """kube-proxy in iptables mode: Service IPs (``kubernetes``: 10.96.0.1) reach their endpoints.
+
+    ``maxPerCore: 0`` leaves the host's conntrack limits alone (a container cannot set them).
+    """
+    return f"""apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+clusterCIDR: {POD_CIDR}
+hostnameOverride: {pki.NODE_NAME}
+clientConnection: {{kubeconfig: {kubeconfig}}}
+conntrack: {{maxPerCore: 0}}
+metricsBindAddress: 127.0.0.1:10249
+healthzBindAddress: 127.0.0.1:10256
+"""
+
+
+def _start_kube_proxy(k8s_bin: Path, kubeconfig: Path) -> None:
+    if processes.running("kube-proxy"):
+        return
+    config = STATE_ROOT / "kube-proxy.yaml"
+    config.write_text(kube_proxy_config(kubeconfig))
+    processes.start("kube-proxy", [str(k8s_bin / "kube-proxy"), f"--config={config}", "--v=1"])
+
+
+def _kubernetes_service_routed() -> bool:
+    """kube-proxy has written the rule that sends the ``kubernetes`` Service to the apiserver."""
+    rules = subprocess.run(
+        ["iptables", "-t", "nat", "-S", "KUBE-SERVICES"], capture_output=True, text=True
+    ).stdout
+    return "default/kubernetes:https" in rules
+
+
+def _cleanup_kube_proxy_rules() -> None:
+    """Remove the KUBE-* iptables chains kube-proxy wrote, so ``down`` leaves the host as it was."""
+    binary = K8S_BIN / "kube-proxy"
+    if binary.exists():
+        subprocess.run([str(binary), "--cleanup"], capture_output=True, timeout=60)
+
+
 def _node_ready() -> bool:
     out = _kubectl_out(
         ADMIN_KUBECONFIG,
@@ -473,6 +518,8 @@ def up() -> Path:
     if is_up():
         ensure_debian_packages()
         _import_images(build_images(build.kubernetes_module_dir()))
+        _start_kube_proxy(build.build_kubernetes(), _component_kubeconfigs()["kube-proxy"])
+        wait_ready("kubernetes Service routed", _kubernetes_service_routed, 60, "kube-proxy")
         say(f"already up; KUBECONFIG={ADMIN_KUBECONFIG}")
         return ADMIN_KUBECONFIG
     if STATE_ROOT.exists() and not any_running():
@@ -501,6 +548,9 @@ def up() -> Path:
     say("starting kubelet")
     _start_kubelet(k8s_bin, kubeconfigs["kubelet"])
     wait_ready("node Ready", _node_ready, 120, "kubelet")
+    say("starting kube-proxy")
+    _start_kube_proxy(k8s_bin, kubeconfigs["kube-proxy"])
+    wait_ready("kubernetes Service routed", _kubernetes_service_routed, 60, "kube-proxy")
     wait_ready("default ServiceAccount", _default_service_account, 60, "kube-controller-manager")
     say(f"cluster up in {time.monotonic() - started:.0f}s; KUBECONFIG={ADMIN_KUBECONFIG}")
     return ADMIN_KUBECONFIG
@@ -560,6 +610,7 @@ def down() -> None:
         processes.stop(name)
     for leftover in processes.pids_matching(str(STATE_ROOT)):
         processes.kill_pid(leftover, grace=2)
+    _cleanup_kube_proxy_rules()
     _unmount_under(STATE_ROOT)
     _delete_pod_netns()
     subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
@@ -580,6 +631,7 @@ def status() -> dict[str, bool]:
         "kube-scheduler",
         "containerd",
         "kubelet",
+        "kube-proxy",
     ]
     from e2e.cluster import node  # node builds on this module
 

@@ -18,9 +18,9 @@ from e2e.loops import (
     start_run,
     wait_finished,
 )
-from e2e.operator_process import OperatorProcess
+from e2e.operator_process import RunningOperator
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.both_modes]
 
 ALWAYS_FAIL = (
     """printf '{"v":1,"verdict":"fail","reasons":["still wrong"]}' > /dev/termination-log"""
@@ -32,7 +32,7 @@ def _roles(pods: list[client.V1Pod], role: str) -> list[str]:
 
 
 def test_loop_passes_on_iteration_three_after_two_failing_verdicts(
-    api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+    api_client: client.ApiClient, namespace: str, operator: RunningOperator
 ) -> None:
     create_loop(api_client, namespace, greeting_loop())
     start_run(api_client, namespace, "greeting", "greeting-1")
@@ -62,7 +62,7 @@ def test_loop_passes_on_iteration_three_after_two_failing_verdicts(
 
 
 def test_max_iterations_halts_and_teardown_runs_once(
-    api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+    api_client: client.ApiClient, namespace: str, operator: RunningOperator
 ) -> None:
     loop = greeting_loop()
     loop["spec"]["budget"] = {"maxIterations": 2}
@@ -90,7 +90,7 @@ def test_max_iterations_halts_and_teardown_runs_once(
 
 
 def test_token_budget_halts_the_run(
-    api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+    api_client: client.ApiClient, namespace: str, operator: RunningOperator
 ) -> None:
     loop = greeting_loop()
     loop["spec"]["budget"] = {"maxIterations": 5, "maxTokens": 150}
@@ -107,7 +107,7 @@ def test_token_budget_halts_the_run(
 
 
 def test_garbage_maker_output_is_an_invalid_agent_output_error(
-    api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+    api_client: client.ApiClient, namespace: str, operator: RunningOperator
 ) -> None:
     loop = greeting_loop()
     loop["spec"]["maker"]["template"]["spec"]["containers"][0]["args"] = [
@@ -129,7 +129,7 @@ def test_garbage_maker_output_is_an_invalid_agent_output_error(
 
 
 def test_operator_killed_mid_iteration_resumes_without_duplicate_pods(
-    api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+    api_client: client.ApiClient, namespace: str, operator: RunningOperator
 ) -> None:
     loop = greeting_loop()
     agent = loop["spec"]["maker"]["template"]["spec"]["containers"][0]
@@ -164,7 +164,7 @@ def test_operator_killed_mid_iteration_resumes_without_duplicate_pods(
 
 
 def test_deleting_a_looprun_stops_it_and_garbage_collects_its_pods(
-    api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+    api_client: client.ApiClient, namespace: str, operator: RunningOperator
 ) -> None:
     loop = greeting_loop()
     agent = loop["spec"]["maker"]["template"]["spec"]["containers"][0]
@@ -200,7 +200,7 @@ def test_deleting_a_looprun_stops_it_and_garbage_collects_its_pods(
 
 
 def test_memory_never_overwrites_a_configmap_that_is_not_the_loops(
-    api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+    api_client: client.ApiClient, namespace: str, operator: RunningOperator
 ) -> None:
     core = client.CoreV1Api(api_client)
     core.create_namespaced_config_map(
@@ -221,7 +221,7 @@ def test_memory_never_overwrites_a_configmap_that_is_not_the_loops(
 
 
 def test_a_pod_the_apiserver_rejects_fails_the_run_with_its_reason(
-    api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+    api_client: client.ApiClient, namespace: str, operator: RunningOperator
 ) -> None:
     loop = greeting_loop()
     agent = loop["spec"]["maker"]["template"]["spec"]["containers"][0]
@@ -237,7 +237,7 @@ def test_a_pod_the_apiserver_rejects_fails_the_run_with_its_reason(
 
 
 def test_a_checker_that_errors_once_is_retried_and_the_run_passes(
-    api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+    api_client: client.ApiClient, namespace: str, operator: RunningOperator
 ) -> None:
     loop = greeting_loop()
     checker = loop["spec"]["checkers"][0]

@@ -37,6 +37,7 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # kopf.objects logs every successful event handler at INFO; its warnings and errors stay
-    for noisy in ("kubernetes", "urllib3", "httpx", "httpcore", "kopf.objects"):
+    # kopf.objects logs every successful event handler at INFO, aiohttp.access every health probe;
+    # their warnings and errors stay
+    for noisy in ("kubernetes", "urllib3", "httpx", "httpcore", "kopf.objects", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

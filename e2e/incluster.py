@@ -1,0 +1,141 @@
+"""The operator as users run it: the chart's Deployment, from the image ``make image`` builds.
+
+``KLOOP_E2E_OPERATOR=chart`` makes the ``operator`` fixture hand out an :class:`InClusterOperator`
+instead of a host process. The release is installed once per session and serves every namespace
+matching ``ic-*``; the tests of that session get such namespaces, labelled so the chart's admission
+policies bind to them. Tests marked ``both_modes`` run in either mode; the others are skipped in
+chart mode (they start operators of their own, which would serve the same runs twice).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from e2e.cluster.paths import kubectl
+
+MODE_ENV = "KLOOP_E2E_OPERATOR"
+RELEASE = "kloop-e2e"
+RELEASE_NAMESPACE = "kloop-e2e-system"
+NAMESPACE_PREFIX = "ic-"
+NAMESPACE_LABEL = ("kloop.dev/e2e-operator", "chart")
+
+
+def chart_mode() -> bool:
+    """Whether this session runs the operator from the chart (else as a host process)."""
+    mode = os.environ.get(MODE_ENV, "process")
+    if mode not in ("process", "chart"):
+        raise ValueError(f"{MODE_ENV} must be 'process' or 'chart', not {mode!r}")
+    return mode == "chart"
+
+
+def release_values() -> dict[str, object]:
+    """The chart values of the session's release: ``ic-*`` namespaces, policies bound by label."""
+    key, value = NAMESPACE_LABEL
+    return {
+        "watchNamespaces": [f"{NAMESPACE_PREFIX}*"],
+        "admission": {"namespaceSelector": {"matchLabels": {key: value}}},
+        "logLevel": "INFO",
+    }
+
+
+class InClusterOperator:
+    """Start, stop, kill and read the logs of the release's operator, like ``OperatorProcess``.
+
+    Each pod's log is streamed to ``log_path`` from its start, so lines written while it stops
+    (after SIGTERM) are kept after the pod is gone, as a host process's log file would keep them.
+    """
+
+    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self._streams: list[subprocess.Popen[bytes]] = []
+
+    def _kubectl(self, *args: str, check: bool = True) -> str:
+        proc = subprocess.run(
+            [str(kubectl()), f"--kubeconfig={self.kubeconfig}", f"-n={RELEASE_NAMESPACE}", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stdout}{proc.stderr}")
+        return proc.stdout
+
+    def _pods(self) -> list[str]:
+        selector = f"app.kubernetes.io/instance={RELEASE}"
+        return self._kubectl("get", "pods", "-l", selector, "-o", "name").split()
+
+    def _scale(self, replicas: int) -> None:
+        self._kubectl("scale", f"deployment/{RELEASE}", f"--replicas={replicas}")
+
+    def _wait_no_pods(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self._pods():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"operator pods still there after {timeout}s: {self._pods()}")
+            time.sleep(0.3)
+        for stream in self._streams:
+            stream.wait(10)
+        self._streams.clear()
+
+    def attach(self) -> None:
+        """Follow the running operator pod's log (after install, or after :meth:`start`)."""
+        self._kubectl("rollout", "status", f"deployment/{RELEASE}", "--timeout=120s")
+        for pod in self._pods():
+            log = self.log_path.open("ab")
+            self._streams.append(
+                subprocess.Popen(
+                    [
+                        str(kubectl()),
+                        f"--kubeconfig={self.kubeconfig}",
+                        f"-n={RELEASE_NAMESPACE}",
+                        "logs",
+                        "-f",
+                        pod,
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+
+    def start(self) -> None:
+        """Scale the Deployment back to one pod and wait until it is Ready."""
+        self._scale(1)
+        self.attach()
+
+    def stop(self) -> None:
+        """Scale to zero: the pod gets SIGTERM and its grace period, as on a rollout."""
+        self._scale(0)
+        self._wait_no_pods()
+
+    def kill(self) -> None:
+        """Force-delete the pod (no grace: SIGKILL), then keep it down until :meth:`start`.
+
+        The ReplicaSet may start a replacement before the scale-down lands; it is deleted again
+        before kopf in it has logged in (about two seconds).
+        """
+        for pod in self._pods():
+            self._kubectl("delete", pod, "--grace-period=0", "--force", "--wait=false")
+        self._scale(0)
+        self._wait_no_pods()
+
+    def ensure_running(self) -> None:
+        """Bring the operator back if a test left it stopped (the next test expects it)."""
+        if not self._pods():
+            self._scale(1)
+            self._kubectl("rollout", "status", f"deployment/{RELEASE}", "--timeout=120s")
+
+    def close(self) -> None:
+        """Stop following logs (the release itself is the session's to remove)."""
+        for stream in self._streams:
+            stream.terminate()
+        self._streams.clear()
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the operator pods' logs, oldest pod first, for failure messages."""
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -1,0 +1,93 @@
+"""The chart as Helm renders it: hardened pod, probes, optional monitoring objects, bad values.
+
+Rendering needs no cluster, but it needs helm, which the harness builds from the Go module proxy
+(cached); so these tests sit with the integration tier rather than the pure unit tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from e2e.cluster.helm import build_helm
+
+pytestmark = pytest.mark.integration
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "kloop"
+
+
+def _template(*sets: str) -> subprocess.CompletedProcess[str]:
+    args = [str(build_helm()), "template", "kloop", str(CHART), "--namespace=kloop-system"]
+    for value in sets:
+        args += ["--set", value]
+    return subprocess.run(args, capture_output=True, text=True)
+
+
+def _render(*sets: str) -> dict[tuple[str, str], dict[str, Any]]:
+    proc = _template(*sets)
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def test_helm_lint_passes() -> None:
+    proc = subprocess.run([str(build_helm()), "lint", str(CHART)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_default_render_runs_a_hardened_operator_with_probes_on_the_health_port() -> None:
+    objects = _render()
+    pod = objects[("Deployment", "kloop")]["spec"]["template"]["spec"]
+    assert pod["enableServiceLinks"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["resources"]["limits"]["memory"]
+    assert container["resources"]["requests"]["cpu"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    kinds = {kind for kind, _ in objects}
+    assert {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "Service"} <= kinds
+    assert not kinds & {"ServiceMonitor", "PrometheusRule", "ConfigMap"}
+
+
+def test_monitoring_objects_ship_the_checked_rules_file_and_dashboard_verbatim() -> None:
+    objects = _render(
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.prometheusRule.enabled=true",
+        "grafana.dashboard.enabled=true",
+    )
+    rule = objects[("PrometheusRule", "kloop")]
+    shipped = yaml.safe_load((CHART / "files" / "prometheus" / "rules.yaml").read_text())
+    assert rule["spec"] == shipped
+    dashboard = objects[("ConfigMap", "kloop-dashboard")]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["kloop.json"]) == json.loads(
+        (CHART / "files" / "grafana" / "kloop.json").read_text()
+    )
+    monitor = objects[("ServiceMonitor", "kloop")]
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+def test_a_namespace_pattern_without_a_label_selector_is_refused() -> None:
+    proc = _template("watchNamespaces={team-*}")
+    assert proc.returncode != 0
+    assert "admission.namespaceSelector" in proc.stderr
+
+
+def test_policy_bindings_use_the_label_selector_when_given() -> None:
+    objects = _render(
+        "watchNamespaces={team-*}", "admission.namespaceSelector.matchLabels.team=yes"
+    )
+    bindings = [d for (kind, _), d in objects.items() if kind == "ValidatingAdmissionPolicyBinding"]
+    assert len(bindings) == 2
+    for binding in bindings:
+        selector = binding["spec"]["matchResources"]["namespaceSelector"]
+        assert selector == {"matchLabels": {"team": "yes"}}
+    args = objects[("Deployment", "kloop")]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:2] == ["-n", "team-*"]
