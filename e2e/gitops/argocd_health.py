@@ -37,8 +37,7 @@ class Health:
 
 
 def ensure_lua() -> str:
-    """The interpreter's path; installs Debian's ``lua5.1`` when missing (as root, like the
-    cluster harness installs its packages)."""
+    """The interpreter's path; installs Debian's ``lua5.1`` when missing (as the harness does)."""
     found = shutil.which(LUA)
     if found:
         return found
@@ -58,7 +57,7 @@ def ensure_lua() -> str:
 
 
 def _lua_string(text: str) -> str:
-    """A Lua 5.1 string literal: printable ASCII as is, every other byte as ``\\ddd``."""
+    """A Lua 5.1 string literal: printable ASCII as is, every other byte as a decimal escape."""
     out = []
     for byte in text.encode():
         char = chr(byte)

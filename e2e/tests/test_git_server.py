@@ -26,7 +26,7 @@ def test_push_then_clone_round_trips_commits(tmp_path: Path) -> None:
 
 
 def test_push_larger_than_post_buffer_is_sent_chunked_and_accepted(tmp_path: Path) -> None:
-    """git sends a pack over ``http.postBuffer`` (floor 64 KiB) chunked; the shim decodes it."""
+    """A pack over ``http.postBuffer`` (floor 64 KiB) is sent chunked; the shim decodes it."""
     with git_server(tmp_path / "srv") as server:
         (tmp_path / "srv").mkdir(exist_ok=True)
         url = server.create_repo("big")
