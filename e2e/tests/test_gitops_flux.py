@@ -48,7 +48,8 @@ def _custom(api: client.ApiClient) -> client.CustomObjectsApi:
 
 
 def _get(api: client.ApiClient, kind: tuple[str, str, str], ns: str, name: str) -> Json:
-    obj: Json = _custom(api).get_namespaced_custom_object(*kind, ns, name)
+    group, version, plural = kind
+    obj: Json = _custom(api).get_namespaced_custom_object(group, version, ns, plural, name)
     return obj
 
 
@@ -124,7 +125,8 @@ def _request_reconcile(api: client.ApiClient, kind: tuple[str, str, str], ns: st
     """Ask Flux to reconcile now, as ``flux reconcile`` does; returns the token it echoes."""
     token = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     patch = {"metadata": {"annotations": {REQUESTED_AT: token}}}
-    _custom(api).patch_namespaced_custom_object(*kind, ns, "app", patch)
+    group, version, plural = kind
+    _custom(api).patch_namespaced_custom_object(group, version, ns, plural, "app", patch)
     return token
 
 
@@ -140,14 +142,22 @@ def _applied(api: client.ApiClient, ns: str, sha: str) -> Json | None:
     return obj if ready.get("status") == "True" and revision.endswith(sha) else None
 
 
-def _apply_results(log: str, ns: str) -> list[dict[str, str]]:
-    """The change sets kustomize-controller logged for this namespace's Kustomization."""
+def _apply_results(log: str, ns: str, sha: str) -> list[dict[str, str]]:
+    """The change sets kustomize-controller logged for this namespace at commit ``sha``, in order.
+
+    Each reconcile that reaches the apply logs one ``server-side apply completed`` line whose
+    ``output`` maps every object to created, configured or unchanged.
+    """
     found = []
     for line in log.splitlines():
         if not line.startswith("{"):
             continue
         entry = json.loads(line)
-        if entry.get("namespace") == ns and isinstance(entry.get("output"), dict):
+        if (
+            entry.get("msg") == "server-side apply completed"
+            and entry.get("namespace") == ns
+            and str(entry.get("revision", "")).endswith(sha)
+        ):
             found.append(entry["output"])
     return found
 
@@ -214,7 +224,6 @@ def test_flux_syncs_a_run_to_success_without_drift_and_picks_up_a_changed_loop(
     for fingerprint in before.values():
         assert not [a for a in fingerprint["annotations"] if "kopf" in a], fingerprint
         assert fingerprint["finalizers"] == [], fingerprint
-    results_before = len(_apply_results(flux_logs.kustomize.log_text(), ns))
     token = _request_reconcile(api_client, KUSTOMIZE, ns)
     again = wait_for(
         "the forced reconcile", lambda: _handled(api_client, KUSTOMIZE, ns, token), 120
@@ -227,9 +236,10 @@ def test_flux_syncs_a_run_to_success_without_drift_and_picks_up_a_changed_loop(
         for kind, name in (("loops", "greeting"), ("loopruns", "greeting-1"))
     }
     assert after == before
-    results = _apply_results(flux_logs.kustomize.log_text(), ns)
-    assert len(results) > results_before, "kustomize-controller logged no apply result"
-    assert set(results[-1].values()) == {"unchanged"}, results[-1]
+    created, *reapplied = _apply_results(flux_logs.kustomize.log_text(), ns, first)
+    assert set(created.values()) == {"created"}, created
+    assert reapplied, "kustomize-controller logged no apply for the forced reconcile"
+    assert all(set(r.values()) == {"unchanged"} for r in reapplied), reapplied
 
     # A changed Loop in git is applied on the next reconcile.
     loop["spec"]["goal"] = "Make greeting.txt say exactly 'hello, world', synced by Flux."
@@ -241,11 +251,11 @@ def test_flux_syncs_a_run_to_success_without_drift_and_picks_up_a_changed_loop(
     live = _kloop(api_client, "loops", ns, "greeting")
     assert live["spec"]["goal"] == loop["spec"]["goal"]
     assert live["metadata"]["generation"] == before["loops"]["generation"] + 1
-    results = _apply_results(flux_logs.kustomize.log_text(), ns)
-    assert results[-1] == {
+    results = _apply_results(flux_logs.kustomize.log_text(), ns, second)
+    assert results[0] == {
         f"Loop/{ns}/greeting": "configured",
         f"LoopRun/{ns}/greeting-1": "unchanged",
-    }, results[-1]
+    }, results
 
 
 def test_a_halted_run_makes_the_kustomization_report_it_unhealthy(
