@@ -87,7 +87,7 @@ def _push_app(work: Workdir, loop: Json, run: Json, message: str) -> str:
     return work.commit_and_push(message)
 
 
-def _sync(api: client.ApiClient, ns: str, url: str) -> None:
+def _sync(api: client.ApiClient, ns: str, url: str, timeout: str = "3m") -> None:
     """A GitRepository on the loopback server and a Kustomization that waits for health."""
     _custom(api).create_namespaced_custom_object(
         *SOURCE[:2],
@@ -113,7 +113,7 @@ def _sync(api: client.ApiClient, ns: str, url: str) -> None:
                 "path": "./app",
                 "prune": True,
                 "wait": True,
-                "timeout": "3m",
+                "timeout": timeout,
                 "targetNamespace": ns,
                 "sourceRef": {"kind": "GitRepository", "name": "app"},
             },
@@ -258,6 +258,12 @@ def test_flux_syncs_a_run_to_success_without_drift_and_picks_up_a_changed_loop(
     }, results
 
 
+def _health_check_failed(api: client.ApiClient, ns: str) -> Json | None:
+    ready = _ready(_get(api, KUSTOMIZE, ns, "app")) or {}
+    failed = ready.get("status") == "False" and ready.get("reason") == "HealthCheckFailed"
+    return ready if failed else None
+
+
 def test_a_halted_run_makes_the_kustomization_report_it_unhealthy(
     api_client: client.ApiClient,
     namespace: str,
@@ -274,16 +280,39 @@ def test_a_halted_run_makes_the_kustomization_report_it_unhealthy(
     _push_app(work, loop, _run_manifest("greeting-1", "greeting"), "a loop that halts")
     _sync(api_client, ns, url)
 
-    def unhealthy() -> Json | None:
-        ready = _ready(_get(api_client, KUSTOMIZE, ns, "app")) or {}
-        return (
-            ready
-            if ready.get("status") == "False" and ready.get("reason") == "HealthCheckFailed"
-            else None
-        )
-
-    ready = wait_for("the Kustomization to report the halted run", unhealthy, 240)
+    ready = wait_for(
+        "the Kustomization to report the halted run",
+        lambda: _health_check_failed(api_client, ns),
+        240,
+    )
     run = _kloop(api_client, "loopruns", ns, "greeting-1")
     assert (run["status"]["phase"], run["status"]["haltReason"]) == ("Halted", "MaxIterations")
-    assert f"LoopRun/{ns}/greeting-1" in ready["message"], ready
-    assert "Failed" in ready["message"], ready
+    # kstatus reads Stalled=True as Failed, and Flux fails fast (before its 3m timeout)
+    assert "failed early due to stalled resources" in ready["message"], ready
+    assert f"LoopRun/{ns}/greeting-1 status: 'Failed'" in ready["message"], ready
+
+
+def test_a_run_awaiting_approval_keeps_the_kustomization_waiting_until_its_timeout(
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    flux_logs: FluxControllers,
+    git: GitServer,
+    tmp_path: Any,
+) -> None:
+    ns = namespace
+    url = git.create_repo(f"app-{ns}")
+    work = Workdir(url, tmp_path / "work")
+    loop = greeting_loop()
+    loop["spec"]["stages"] = [{"name": "prod", "clusters": ["local"], "requireApproval": True}]
+    _push_app(work, loop, _run_manifest("greeting-1", "greeting"), "a gated loop")
+    _sync(api_client, ns, url, timeout="20s")
+
+    ready = wait_for(
+        "the Kustomization to time out", lambda: _health_check_failed(api_client, ns), 120
+    )
+    run = _kloop(api_client, "loopruns", ns, "greeting-1")
+    assert run["status"]["phase"] == "AwaitingApproval", run["status"]
+    # Ready=False without Stalled is InProgress for kstatus: not a failure, just not done
+    assert "timeout waiting for" in ready["message"], ready
+    assert f"LoopRun/{ns}/greeting-1 status: 'InProgress'" in ready["message"], ready
