@@ -106,8 +106,23 @@ def _name_rule(kind: str) -> Schema:
     }
 
 
+NEW_RUN_STATUS: Schema = {"observedGeneration": 0}
+"""What a LoopRun's status reads as before the operator first writes it (a structural default).
+
+Without it a new LoopRun has no status, and kstatus (Flux's ``wait``, ``kubectl wait``,
+cli-utils) calls an object without conditions Current: Flux would report a synced run healthy
+before it ran. With ``observedGeneration: 0`` below ``metadata.generation`` it is InProgress
+until the operator has observed it. The apiserver applies the default on every read; nothing is
+stored, and no client ever writes it.
+"""
+
+
 def _object_schema(
-    kind: str | None, spec: type[BaseModel], status: type[BaseModel] | None, description: str
+    kind: str | None,
+    spec: type[BaseModel],
+    status: type[BaseModel] | None,
+    description: str,
+    status_default: Schema | None = None,
 ) -> Schema:
     """The object's schema; ``kind`` set when its name labels pods (and is length-checked)."""
     properties: Schema = {
@@ -118,6 +133,8 @@ def _object_schema(
     }
     if status is not None:
         properties["status"] = openapi_schema(status)
+        if status_default is not None:
+            properties["status"]["default"] = status_default
     schema: Schema = {
         "type": "object",
         "description": description,
@@ -196,6 +213,7 @@ def build_crds() -> dict[str, Schema]:
             LoopRunSpec,
             LoopRunStatus,
             "A LoopRun is one execution of a Loop: its iterations, verdicts, usage and outcome.",
+            status_default=NEW_RUN_STATUS,
         ),
         [
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},

@@ -1,0 +1,155 @@
+"""A git server on loopback: ``git http-backend`` (smart HTTP) behind a small threaded WSGI shim.
+
+Flux's GitRepository accepts only http(s) and ssh URLs, so tests serve their bare repositories
+over plain HTTP on 127.0.0.1. The shim passes each request to ``git http-backend`` as CGI and
+decodes chunked request bodies itself (git sends pushes larger than ``http.postBuffer`` chunked,
+and CGI needs the body on stdin with a length).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import IO, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+HTTP_BACKEND = "http-backend"
+StartResponse = Any  # wsgiref's start_response callable
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        """Keep pytest output clean; requests are not interesting unless they fail."""
+
+
+def read_chunked(stream: IO[bytes]) -> bytes:
+    """Decode a ``Transfer-Encoding: chunked`` body (RFC 9112 section 7.1)."""
+    body = bytearray()
+    while True:
+        size_line = stream.readline()
+        if not size_line:
+            raise ValueError("chunked body ended before the last chunk")
+        size = int(size_line.split(b";", 1)[0].strip(), 16)
+        if size == 0:
+            while stream.readline() not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return bytes(body)
+        body += stream.read(size)
+        stream.readline()  # the CRLF after each chunk
+
+
+def _request_body(environ: dict[str, Any]) -> bytes:
+    stream: IO[bytes] = environ["wsgi.input"]
+    if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
+        return read_chunked(stream)
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    return stream.read(length) if length else b""
+
+
+def _cgi_env(environ: dict[str, Any], root: Path, length: int) -> dict[str, str]:
+    env = {
+        "GIT_PROJECT_ROOT": str(root),
+        "GIT_HTTP_EXPORT_ALL": "1",
+        "REQUEST_METHOD": environ["REQUEST_METHOD"],
+        "PATH_INFO": environ.get("PATH_INFO", ""),
+        "QUERY_STRING": environ.get("QUERY_STRING", ""),
+        "CONTENT_TYPE": environ.get("CONTENT_TYPE", ""),
+        "CONTENT_LENGTH": str(length),
+        "REMOTE_ADDR": environ.get("REMOTE_ADDR", "127.0.0.1"),
+        "REMOTE_USER": "kloop-test",  # enables receive-pack (push) without repo config
+        "SERVER_PROTOCOL": environ.get("SERVER_PROTOCOL", "HTTP/1.1"),
+    }
+    for key in ("HTTP_CONTENT_ENCODING", "HTTP_GIT_PROTOCOL"):
+        if key in environ:
+            env[key] = environ[key]
+    return env
+
+
+def _split_cgi_output(out: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
+    head, _, body = out.partition(b"\r\n\r\n")
+    status, headers = "200 OK", []
+    for line in head.decode("latin-1").split("\r\n"):
+        name, _, value = line.partition(":")
+        if name.lower() == "status":
+            status = value.strip()
+        elif name:
+            headers.append((name.strip(), value.strip()))
+    return status, headers, body
+
+
+class GitHttpApp:
+    """The WSGI app: every request becomes one ``git http-backend`` CGI run."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        body = _request_body(environ)
+        proc = subprocess.run(
+            ["git", HTTP_BACKEND],
+            input=body,
+            capture_output=True,
+            env=_cgi_env(environ, self.root, len(body)),
+            check=False,
+        )
+        if proc.returncode != 0 and not proc.stdout:
+            start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+            return [proc.stderr]
+        status, headers, payload = _split_cgi_output(proc.stdout)
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        headers.append(("Content-Length", str(len(payload))))
+        start_response(status, headers)
+        return [payload]
+
+
+class GitServer:
+    """Serves every bare repository under ``root`` at ``http://127.0.0.1:<port>/<name>.git``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._server = make_server(
+            "127.0.0.1",
+            0,
+            GitHttpApp(root),
+            server_class=_ThreadingWSGIServer,
+            handler_class=_QuietHandler,
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def create_repo(self, name: str) -> str:
+        """A new empty bare repository (default branch ``main``); returns its clone URL."""
+        path = self.root / f"{name}.git"
+        subprocess.run(
+            ["git", "init", "-q", "--bare", "--initial-branch=main", str(path)], check=True
+        )
+        return f"{self.url}/{name}.git"
+
+
+@contextmanager
+def git_server(root: Path) -> Iterator[GitServer]:
+    """A running server for the duration of the block."""
+    server = GitServer(root)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
