@@ -40,6 +40,8 @@ dashboard: $(STAMP) ## Regenerate the chart's Grafana dashboard from e2e/dashboa
 	$(PY) -m e2e.dashboard
 
 test: lint ## Lint, then the whole suite (unit, integration, e2e), then the engine e2e in-cluster
+	$(PY) -m e2e.cluster build
+	$(PY) -m e2e.image --no-import
 	$(PY) -m pytest tests e2e
 	KLOOP_E2E_OPERATOR=chart $(PY) -m pytest -m both_modes e2e
 

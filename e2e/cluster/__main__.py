@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from e2e.cluster import build, extra, images, kit, local, node
+from e2e.cluster import build, extra, helm, images, kit, local, node
+from e2e.gitops import flux_build
 from e2e.cluster.paths import ADMIN_KUBECONFIG
 
 
@@ -16,7 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop everything and remove the cluster's state")
     sub.add_parser("status", help="show which components run")
     sub.add_parser("kubeconfig", help="print the admin kubeconfig path")
-    sub.add_parser("build", help="only build (or find cached) binaries")
+    sub.add_parser(
+        "build",
+        help="only build (or find cached) every binary the suite needs: etcd, Kubernetes, helm, "
+        "Flux's source- and kustomize-controller",
+    )
     sub.add_parser("images", help="build the test images as tarballs (e.g. for `kind load`)")
     add = sub.add_parser(
         "add-cluster",
@@ -57,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "build":
             build.build_etcd()
             build.build_kubernetes()
+            helm.build_helm()
+            flux_build.build_flux()
         elif args.command == "images":
             print(images.build_pause_image(build.kubernetes_module_dir()))
             print(images.build_busybox_image())
