@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from e2e.cluster import build, extra, helm, images, kit, local, node
-from e2e.gitops import flux_build
 from e2e.cluster.paths import ADMIN_KUBECONFIG
+from e2e.gitops import flux_build
 
 
 def main(argv: list[str] | None = None) -> int:
