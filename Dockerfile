@@ -25,9 +25,9 @@ FROM ${KIT_BASE} AS kit-builder
 COPY image/ /ctx/
 COPY pyproject.toml README.md /src/
 COPY operator/ /src/operator/
-RUN sh /ctx/venv.sh kit \
- && test -x /ctx/bin/kubectl \
- || { echo "image/bin/kubectl is missing: run 'make wheels' (or copy a kubectl there)" >&2; exit 1; }
+RUN { test -x /ctx/bin/kubectl \
+     || { echo "image/bin/kubectl is missing: run 'make wheels' (or copy one there)" >&2; exit 1; }; } \
+ && sh /ctx/venv.sh kit
 
 # --- the operator -----------------------------------------------------------------------------
 FROM ${BASE} AS operator

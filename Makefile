@@ -39,11 +39,19 @@ admission: $(STAMP) ## Regenerate deploy/admission/ from the chart's admission p
 dashboard: $(STAMP) ## Regenerate the chart's Grafana dashboard from e2e/dashboard.py
 	$(PY) -m e2e.dashboard
 
+# Both pytest runs share one cluster; it is stopped at the end only if it was not up before (and
+# KLOOP_KEEP_CLUSTER is not 1). Both runs always run; the target fails if either failed.
 test: lint ## Lint, then the whole suite (unit, integration, e2e), then the engine e2e in-cluster
 	$(PY) -m e2e.cluster build
 	$(PY) -m e2e.image --no-import
-	$(PY) -m pytest tests e2e
-	KLOOP_E2E_OPERATOR=chart $(PY) -m pytest -m both_modes e2e
+	@was_up=1; $(PY) -c 'from e2e.cluster import local; raise SystemExit(not local.any_running())' \
+	  || was_up=0; \
+	failed=0; \
+	KLOOP_KEEP_CLUSTER=1 $(PY) -m pytest tests e2e || failed=1; \
+	echo ">> the engine's e2e tests again, operator installed from the chart"; \
+	KLOOP_KEEP_CLUSTER=1 KLOOP_E2E_OPERATOR=chart $(PY) -m pytest -m both_modes e2e || failed=1; \
+	if [ $$was_up = 0 ] && [ "$$KLOOP_KEEP_CLUSTER" != 1 ]; then $(PY) -m e2e.cluster down; fi; \
+	exit $$failed
 
 test-unit: $(STAMP) ## Only the pure unit tests (no cluster)
 	$(PY) -m pytest -m unit tests

@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+from e2e.cluster import local
 from e2e.cluster.paths import kubectl
 
 MODE_ENV = "KLOOP_E2E_OPERATOR"
@@ -81,9 +83,16 @@ class InClusterOperator:
             stream.wait(10)
         self._streams.clear()
 
-    def attach(self) -> None:
-        """Follow the running operator pod's log (after install, or after :meth:`start`)."""
+    def attach(self, from_pod_start: bool = False) -> None:
+        """Follow the running operator pod's log: from now on, or from the pod's start.
+
+        A test attaches from now: the release serves the whole session, and a test must not find
+        in its log what the operator wrote for an earlier test. :meth:`start` attaches from the
+        new pod's start, so its start-up lines are there too.
+        """
+        since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self._kubectl("rollout", "status", f"deployment/{RELEASE}", "--timeout=120s")
+        window = [] if from_pod_start else [f"--since-time={since}"]
         for pod in self._pods():
             log = self.log_path.open("ab")
             self._streams.append(
@@ -94,6 +103,7 @@ class InClusterOperator:
                         f"-n={RELEASE_NAMESPACE}",
                         "logs",
                         "-f",
+                        *window,
                         pod,
                     ],
                     stdout=log,
@@ -104,7 +114,7 @@ class InClusterOperator:
     def start(self) -> None:
         """Scale the Deployment back to one pod and wait until it is Ready."""
         self._scale(1)
-        self.attach()
+        self.attach(from_pod_start=True)
 
     def stop(self) -> None:
         """Scale to zero: the pod gets SIGTERM and its grace period, as on a rollout."""
@@ -112,15 +122,43 @@ class InClusterOperator:
         self._wait_no_pods()
 
     def kill(self) -> None:
-        """Force-delete the pod (no grace: SIGKILL), then keep it down until :meth:`start`.
+        """SIGKILL the operator's process through the node's containerd, then keep it down.
 
-        The ReplicaSet may start a replacement before the scale-down lands; it is deleted again
-        before kopf in it has logged in (about two seconds).
+        No SIGTERM, no grace: as when a node dies or the container is OOM-killed. The scale-down
+        right after stops the kubelet from restarting the container (it is then only removed).
         """
-        for pod in self._pods():
-            self._kubectl("delete", pod, "--grace-period=0", "--force", "--wait=false")
+        for container_id in self._container_ids():
+            subprocess.run(
+                [
+                    "ctr",
+                    "--address",
+                    str(local.CONTAINERD_SOCKET),
+                    "-n",
+                    "k8s.io",
+                    "tasks",
+                    "kill",
+                    "--signal",
+                    "SIGKILL",
+                    container_id,
+                ],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
         self._scale(0)
         self._wait_no_pods()
+
+    def _container_ids(self) -> list[str]:
+        selector = f"app.kubernetes.io/instance={RELEASE}"
+        out = self._kubectl(
+            "get",
+            "pods",
+            "-l",
+            selector,
+            "-o",
+            "jsonpath={.items[*].status.containerStatuses[*].containerID}",
+        )
+        return [cid.removeprefix("containerd://") for cid in out.split()]
 
     def ensure_running(self) -> None:
         """Bring the operator back if a test left it stopped (the next test expects it)."""

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     install(kubeconfig)
     say(f"operator Ready in {time.monotonic() - started:.0f}s")
     print(_kubectl(kubeconfig, "get", "deployment,pods", f"--namespace={NAMESPACE}"))
-    say(f"try it: KUBECONFIG={kubeconfig} kubectl apply -f e2e/manifests/greeting-loop.yaml")
+    say(f"KUBECONFIG={kubeconfig}; run the greeting Loop as in docs/helm.md (make install)")
     return 0
 
 

@@ -417,7 +417,9 @@ def _start_kubelet(k8s_bin: Path, kubeconfig: Path) -> None:
 def kube_proxy_config(kubeconfig: Path) -> str:
     """kube-proxy in iptables mode: Service IPs (``kubernetes``: 10.96.0.1) reach their endpoints.
 
-    ``maxPerCore: 0`` leaves the host's conntrack limits alone (a container cannot set them).
+    It leaves the host's kernel settings alone: ``maxPerCore: 0`` and the zero TCP timeouts keep
+    conntrack as it is, and ``localhostNodePorts: false`` keeps ``route_localnet`` off (NodePorts
+    on 127.0.0.1 would need it, and it would expose loopback-only services such as etcd).
     """
     return f"""apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
@@ -425,7 +427,8 @@ mode: iptables
 clusterCIDR: {POD_CIDR}
 hostnameOverride: {pki.NODE_NAME}
 clientConnection: {{kubeconfig: {kubeconfig}}}
-conntrack: {{maxPerCore: 0}}
+conntrack: {{maxPerCore: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}}
+iptables: {{localhostNodePorts: false}}
 metricsBindAddress: 127.0.0.1:10249
 healthzBindAddress: 127.0.0.1:10256
 """

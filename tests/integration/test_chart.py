@@ -71,7 +71,10 @@ def test_monitoring_objects_ship_the_checked_rules_file_and_dashboard_verbatim()
         (CHART / "files" / "grafana" / "kloop.json").read_text()
     )
     monitor = objects[("ServiceMonitor", "kloop")]
-    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics"
+    # kloop's `namespace` label is the run's; without this Prometheus would rename it
+    assert endpoint["honorLabels"] is True
 
 
 def test_a_namespace_pattern_without_a_label_selector_is_refused() -> None:
