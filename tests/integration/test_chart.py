@@ -94,3 +94,18 @@ def test_policy_bindings_use_the_label_selector_when_given() -> None:
         assert selector == {"matchLabels": {"team": "yes"}}
     args = objects[("Deployment", "kloop")]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:2] == ["-n", "team-*"]
+
+
+def test_install_notes_carry_the_argo_cd_health_checks_verbatim() -> None:
+    proc = subprocess.run(
+        [str(build_helm()), "install", "kloop", str(CHART), "--dry-run=client", "-n", "x"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    for script in sorted((CHART / "files" / "argocd").glob("*.lua")):
+        lines = [line for line in script.read_text().splitlines() if line.strip()]
+        assert "\n".join("      " + line for line in lines) in "\n".join(
+            line for line in notes.splitlines() if line.strip()
+        ), script.name
