@@ -7,8 +7,8 @@ a throw-away storage directory.
 
 from __future__ import annotations
 
-import os
 import re
+import shutil
 import socket
 import subprocess
 import time
@@ -18,26 +18,33 @@ from typing import Any
 import httpx
 import yaml
 
+from e2e.cluster.debian import ensure_debian
 from e2e.cluster.local import say
 
 PROMTOOL = Path("/usr/bin/promtool")
 PROMETHEUS = Path("/usr/bin/prometheus")
+PACKAGES = {"prometheus": str(PROMETHEUS)}  # promtool comes with it
+SERVICES = ("prometheus", "prometheus-node-exporter")  # the exporter is only a Recommends
 
 
 def ensure_prometheus() -> None:
-    """Install Debian's ``prometheus`` package when promtool or the server is missing."""
-    if PROMTOOL.exists() and PROMETHEUS.exists():
-        return
-    say("installing the Debian package prometheus (promtool and the server)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    lock = ["-o", "DPkg::Lock::Timeout=300"]  # other installs may hold the dpkg lock a while
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *lock, "prometheus"],
-        check=True,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
+    """Install Debian's ``prometheus`` package when promtool or the server is missing.
+
+    The package's postinst starts its daemons where systemd runs; they would listen on :9090
+    (and the exporter on :9100) on every interface, so they are stopped and disabled at once:
+    the tests start their own server on loopback.
+    """
+    if "prometheus" in ensure_debian(PACKAGES, say):
+        _disable_package_services()
+
+
+def _disable_package_services() -> None:
+    """``systemctl disable --now`` the package's units, where systemd runs; failures ignored."""
+    if shutil.which("systemctl") is None or not Path("/run/systemd/system").is_dir():
+        return  # no systemd (a container): the postinst started nothing
+    for unit in SERVICES:
+        subprocess.run(["systemctl", "disable", "--now", unit], capture_output=True, check=False)
+    say(f"stopped and disabled {' and '.join(SERVICES)} (the tests run their own on loopback)")
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import re
 import shutil
@@ -36,6 +35,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO
 
+from e2e.cluster.debian import ensure_debian
 from e2e.cluster.paths import CACHE_ROOT, IMAGES_DIR, kubectl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,7 +43,11 @@ CONTEXT = REPO / "image"
 WHEELS = CONTEXT / "wheels"
 CONTEXT_KUBECTL = CONTEXT / "bin" / "kubectl"
 DEBIAN_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
-PACKAGES = {"buildah": "/usr/bin/buildah", "mmdebstrap": "/usr/bin/mmdebstrap"}
+PACKAGES = {
+    "buildah": "/usr/bin/buildah",
+    "mmdebstrap": "/usr/bin/mmdebstrap",
+    "runc": "/usr/sbin/runc",
+}
 BASE_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 EXCLUDES = ("doc", "man", "locale", "info")
 PYTHON_LABEL = "dev.kloop.base.python"
@@ -96,19 +100,12 @@ def _pyproject_dependencies() -> list[str]:
 
 
 def ensure_packages(say: Say = print) -> None:
-    """Install buildah and mmdebstrap from Debian when missing."""
-    missing = [pkg for pkg, path in PACKAGES.items() if not Path(path).exists()]
-    if not missing:
-        return
-    say(f"installing Debian packages: {' '.join(missing)}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
-        check=True,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
+    """Install buildah, mmdebstrap and runc from Debian when missing.
+
+    buildah only Recommends an OCI runtime, and recommends are not installed: without runc a
+    fresh machine's first ``buildah bud`` fails at its first RUN.
+    """
+    ensure_debian(PACKAGES, say)
 
 
 def _buildah(*args: str, quiet: bool = True) -> str:
