@@ -9,7 +9,6 @@ Leader election is off: one replica each, for this session only.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 import urllib.request
@@ -18,14 +17,7 @@ from pathlib import Path
 
 from e2e.cluster.paths import kubectl
 from e2e.gitops.flux_build import KUSTOMIZE_CONTROLLER, SOURCE_CONTROLLER, build_flux, crd_files
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from e2e.procs import free_port, log_tail, stop_process
 
 
 def install_flux_crds(kubeconfig: Path) -> list[str]:
@@ -91,19 +83,13 @@ class ControllerProcess:
         raise RuntimeError(f"{self.binary.name} not ready after {timeout}s:\n{self.log_tail()}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
 
 class FluxControllers:
