@@ -20,7 +20,12 @@ from kubernetes import client
 
 from e2e.crds import install_crds
 from e2e.gitops.fixtures import flux, flux_logs, git
-from e2e.gitops.flux import FluxControllers
+from e2e.gitops.flux import (
+    GIT_REPOSITORIES,
+    KUSTOMIZATIONS,
+    FluxControllers,
+    delete_flux_objects,
+)
 from e2e.gitops.git_server import GitServer
 from e2e.gitops.workdir import Workdir
 from e2e.helpers import wait_for
@@ -32,8 +37,8 @@ __all__ = ["flux", "flux_logs", "git"]  # fixtures, re-exported for pytest
 pytestmark = pytest.mark.e2e
 
 Json = dict[str, Any]
-SOURCE = ("source.toolkit.fluxcd.io", "v1", "gitrepositories")
-KUSTOMIZE = ("kustomize.toolkit.fluxcd.io", "v1", "kustomizations")
+SOURCE = GIT_REPOSITORIES
+KUSTOMIZE = KUSTOMIZATIONS
 REQUESTED_AT = "reconcile.fluxcd.io/requestedAt"
 
 
@@ -207,9 +212,10 @@ def app(
     git: GitServer,
     tmp_path: Path,
 ) -> Iterator[App]:
-    """A fresh repository for the test, cloned."""
+    """A fresh repository for the test; its Flux objects are deleted while the controllers run."""
     url = git.create_repo(f"app-{namespace}")
     yield App(api_client, namespace, url, Workdir(url, tmp_path / "work"))
+    delete_flux_objects(api_client, namespace)
 
 
 def test_flux_syncs_a_run_to_success_without_drift_and_picks_up_a_changed_loop(
