@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from e2e.procs import log_tail, stop_process
+
 
 class RunningOperator(Protocol):
     """What a test may do with the operator, whether a host process or the chart's Deployment."""
@@ -74,15 +76,8 @@ class OperatorProcess:
 
     def stop(self) -> None:
         """SIGTERM and wait, as on a rollout."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.proc)
 
     def log_tail(self, lines: int = 40) -> str:
         """The end of the operator's log, for failure messages."""
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return log_tail(self.log_path, lines)

@@ -7,9 +7,8 @@ a throw-away storage directory.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -18,26 +17,34 @@ from typing import Any
 import httpx
 import yaml
 
+from e2e.cluster.debian import ensure_debian
 from e2e.cluster.local import say
+from e2e.procs import free_port, log_tail, stop_process
 
 PROMTOOL = Path("/usr/bin/promtool")
 PROMETHEUS = Path("/usr/bin/prometheus")
+PACKAGES = {"prometheus": str(PROMETHEUS)}  # promtool comes with it
+SERVICES = ("prometheus", "prometheus-node-exporter")  # the exporter is only a Recommends
 
 
 def ensure_prometheus() -> None:
-    """Install Debian's ``prometheus`` package when promtool or the server is missing."""
-    if PROMTOOL.exists() and PROMETHEUS.exists():
-        return
-    say("installing the Debian package prometheus (promtool and the server)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    lock = ["-o", "DPkg::Lock::Timeout=300"]  # other installs may hold the dpkg lock a while
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *lock, "prometheus"],
-        check=True,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
+    """Install Debian's ``prometheus`` package when promtool or the server is missing.
+
+    The package's postinst starts its daemons where systemd runs; they would listen on :9090
+    (and the exporter on :9100) on every interface, so they are stopped and disabled at once:
+    the tests start their own server on loopback.
+    """
+    if "prometheus" in ensure_debian(PACKAGES, say):
+        _disable_package_services()
+
+
+def _disable_package_services() -> None:
+    """``systemctl disable --now`` the package's units, where systemd runs; failures ignored."""
+    if shutil.which("systemctl") is None or not Path("/run/systemd/system").is_dir():
+        return  # no systemd (a container): the postinst started nothing
+    for unit in SERVICES:
+        subprocess.run(["systemctl", "disable", "--now", unit], capture_output=True, check=False)
+    say(f"stopped and disabled {' and '.join(SERVICES)} (the tests run their own on loopback)")
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -46,13 +53,6 @@ def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     return subprocess.run(
         [str(PROMTOOL), *args], capture_output=True, text=True, cwd=cwd, timeout=120
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class PrometheusServer:
@@ -121,18 +121,10 @@ class PrometheusServer:
 
     def stop(self) -> None:
         """SIGTERM and wait (its storage goes with the test's tmp directory)."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
     def log_tail(self, lines: int = 30) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
 
 SELECTOR = re.compile(r"\b(kloop_[a-z0-9_]+|up)\b(\{[^}]*\})?")

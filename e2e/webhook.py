@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from e2e.procs import free_port
 
 Json = dict[str, Any]
 
@@ -59,10 +60,7 @@ def receiver(path: str = "/hook", hang: bool = False) -> Iterator[Receiver]:
 
 def closed_port_url(path: str = "/hook") -> str:
     """A loopback URL where nothing listens (connections are refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}{path}"
+    return f"http://127.0.0.1:{free_port()}{path}"
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,14 +31,22 @@ K8S_COMMANDS = [
 ]
 
 
-def _go_env() -> dict[str, str]:
+def go_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment every Go build of the harness runs with: local toolchain, static, no VCS.
+
+    ``extra`` adds to or overrides it, for a build that needs something more.
+    """
     env = dict(os.environ)
     env.update({"GOTOOLCHAIN": "local", "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false"})
+    env.update(extra or {})
     return env
 
 
-def _run(cmd: list[str], cwd: Path, log: Path | None = None) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=_go_env(), capture_output=True, text=True)
+def run_go(
+    cmd: list[str], cwd: Path, log: Path | None = None, env: Mapping[str, str] | None = None
+) -> str:
+    """Run a Go command with ``go_env(env)``, appending its output to ``log``; raise on failure."""
+    proc = subprocess.run(cmd, cwd=cwd, env=go_env(env), capture_output=True, text=True)
     if log is not None:
         with log.open("a") as f:
             f.write(f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}\n")
@@ -46,8 +55,9 @@ def _run(cmd: list[str], cwd: Path, log: Path | None = None) -> str:
     return proc.stdout
 
 
-def _progress(msg: str) -> None:
-    print(f"[kloop-cluster {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+def progress(msg: str, tag: str = "kloop-cluster") -> None:
+    """A timestamped progress line on stdout, so a long cold build never looks hung."""
+    print(f"[{tag} {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def _staging_modules(kube_gomod: str) -> list[str]:
@@ -58,8 +68,12 @@ def _all_present(directory: Path, names: list[str]) -> bool:
     return all((directory / n).is_file() for n in names)
 
 
-def _install(built: Path, dest: Path) -> None:
-    """Move freshly built binaries into place atomically, so a killed build never looks cached."""
+def install_atomically(built: Path, dest: Path) -> None:
+    """Move freshly built binaries into place atomically, so a killed build never looks cached.
+
+    ``built`` is a directory: ``dest`` becomes a copy of it. A temporary directory next to
+    ``dest`` is renamed into place, so two builds at once never mix their files.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".partial-"))
     for f in built.iterdir():
@@ -69,10 +83,22 @@ def _install(built: Path, dest: Path) -> None:
     staging.rename(dest)
 
 
+def install_binary_atomically(built: Path, dest: Path) -> None:
+    """Put one freshly built binary at ``dest`` (a file) with an atomic rename.
+
+    For a directory shared by several binaries built one at a time (Flux's two controllers).
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".partial-{dest.name}-")
+    os.close(fd)
+    shutil.copy2(built, name)
+    Path(name).replace(dest)
+
+
 def build_kubernetes() -> Path:
     """Return the directory holding the pinned Kubernetes binaries, building them when missing."""
     if _all_present(K8S_BIN, K8S_COMMANDS):
-        _progress(f"kubernetes v{K8S_VERSION}: cached in {K8S_BIN}")
+        progress(f"kubernetes v{K8S_VERSION}: cached in {K8S_BIN}")
         return K8S_BIN
     started = time.monotonic()
     minor = K8S_VERSION.split(".")[1]
@@ -82,21 +108,25 @@ def build_kubernetes() -> Path:
         log = K8S_BIN.parent / "build.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("")
-        _progress(f"kubernetes v{K8S_VERSION}: resolving modules (log: {log})")
-        _run(["go", "mod", "init", "local/k8sbuild"], work, log)
+        progress(f"kubernetes v{K8S_VERSION}: resolving modules (log: {log})")
+        run_go(["go", "mod", "init", "local/k8sbuild"], work, log)
         info = json.loads(
-            _run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@v{K8S_VERSION}"], work, log)
+            run_go(
+                ["go", "mod", "download", "-json", f"k8s.io/kubernetes@v{K8S_VERSION}"], work, log
+            )
         )
         kube_gomod = Path(info["GoMod"]).read_text()
         go_line = re.search(r"^go (\S+)", kube_gomod, re.MULTILINE)
         if go_line:
-            _run(["go", "mod", "edit", f"-go={go_line.group(1)}"], work, log)
+            run_go(["go", "mod", "edit", f"-go={go_line.group(1)}"], work, log)
         for godebug in re.findall(r"^godebug (\S+)", kube_gomod, re.MULTILINE):
-            _run(["go", "mod", "edit", f"-godebug={godebug}"], work, log)
+            run_go(["go", "mod", "edit", f"-godebug={godebug}"], work, log)
         for module in _staging_modules(kube_gomod):
-            _run(["go", "mod", "edit", f"-replace={module}={module}@{staging_version}"], work, log)
+            run_go(
+                ["go", "mod", "edit", f"-replace={module}={module}@{staging_version}"], work, log
+            )
         pkgs = [f"k8s.io/kubernetes/cmd/{c}@v{K8S_VERSION}" for c in K8S_COMMANDS]
-        _run(["go", "get", *pkgs], work, log)
+        run_go(["go", "get", *pkgs], work, log)
         ldflags = ["-s", "-w"]
         stamp = {
             "gitVersion": f"v{K8S_VERSION}",
@@ -112,8 +142,8 @@ def build_kubernetes() -> Path:
         out.mkdir()
         for i, command in enumerate(K8S_COMMANDS, 1):
             t0 = time.monotonic()
-            _progress(f"kubernetes v{K8S_VERSION}: building {command} ({i}/{len(K8S_COMMANDS)})")
-            _run(
+            progress(f"kubernetes v{K8S_VERSION}: building {command} ({i}/{len(K8S_COMMANDS)})")
+            run_go(
                 [
                     "go",
                     "build",
@@ -127,9 +157,9 @@ def build_kubernetes() -> Path:
                 work,
                 log,
             )
-            _progress(f"  {command} built in {time.monotonic() - t0:.0f}s")
-        _install(out, K8S_BIN)
-    _progress(f"kubernetes v{K8S_VERSION}: built in {time.monotonic() - started:.0f}s")
+            progress(f"  {command} built in {time.monotonic() - t0:.0f}s")
+        install_atomically(out, K8S_BIN)
+    progress(f"kubernetes v{K8S_VERSION}: built in {time.monotonic() - started:.0f}s")
     return K8S_BIN
 
 
@@ -137,7 +167,7 @@ def build_etcd() -> Path:
     """Return the directory holding the pinned etcd and etcdctl, building them when missing."""
     names = ["etcd", "etcdctl"]
     if _all_present(ETCD_BIN, names):
-        _progress(f"etcd v{ETCD_VERSION}: cached in {ETCD_BIN}")
+        progress(f"etcd v{ETCD_VERSION}: cached in {ETCD_BIN}")
         return ETCD_BIN
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="kloop-etcdbuild-") as tmp:
@@ -145,9 +175,9 @@ def build_etcd() -> Path:
         log = ETCD_BIN.parent / "build.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("")
-        _progress(f"etcd v{ETCD_VERSION}: resolving modules (log: {log})")
-        _run(["go", "mod", "init", "local/etcdbuild"], work, log)
-        _run(
+        progress(f"etcd v{ETCD_VERSION}: resolving modules (log: {log})")
+        run_go(["go", "mod", "init", "local/etcdbuild"], work, log)
+        run_go(
             [
                 "go",
                 "get",
@@ -159,8 +189,8 @@ def build_etcd() -> Path:
         )
         out = work / "bin"
         out.mkdir()
-        _progress(f"etcd v{ETCD_VERSION}: building etcd and etcdctl")
-        _run(
+        progress(f"etcd v{ETCD_VERSION}: building etcd and etcdctl")
+        run_go(
             [
                 "go",
                 "build",
@@ -174,7 +204,7 @@ def build_etcd() -> Path:
             work,
             log,
         )
-        _run(
+        run_go(
             [
                 "go",
                 "build",
@@ -188,17 +218,19 @@ def build_etcd() -> Path:
             work,
             log,
         )
-        _install(out, ETCD_BIN)
-    _progress(f"etcd v{ETCD_VERSION}: built in {time.monotonic() - started:.0f}s")
+        install_atomically(out, ETCD_BIN)
+    progress(f"etcd v{ETCD_VERSION}: built in {time.monotonic() - started:.0f}s")
     return ETCD_BIN
 
 
 def kubernetes_module_dir() -> Path:
     """The unpacked k8s.io/kubernetes module (holds build/pause/linux/pause.c)."""
     with tempfile.TemporaryDirectory() as tmp:
-        _run(["go", "mod", "init", "local/x"], Path(tmp))
+        run_go(["go", "mod", "init", "local/x"], Path(tmp))
         info = json.loads(
-            _run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@v{K8S_VERSION}"], Path(tmp))
+            run_go(
+                ["go", "mod", "download", "-json", f"k8s.io/kubernetes@v{K8S_VERSION}"], Path(tmp)
+            )
         )
     return Path(info["Dir"])
 

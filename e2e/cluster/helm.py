@@ -29,14 +29,14 @@ def build_helm() -> Path:
         log = HELM_BIN.parent / "build.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("")
-        build._progress(f"helm v{HELM_VERSION}: resolving modules (log: {log})")
-        build._run(["go", "mod", "init", "local/helmbuild"], work, log)
-        build._run(["go", "get", f"{module}/cmd/helm@v{HELM_VERSION}"], work, log)
-        build._progress(f"helm v{HELM_VERSION}: building")
+        build.progress(f"helm v{HELM_VERSION}: resolving modules (log: {log})")
+        build.run_go(["go", "mod", "init", "local/helmbuild"], work, log)
+        build.run_go(["go", "get", f"{module}/cmd/helm@v{HELM_VERSION}"], work, log)
+        build.progress(f"helm v{HELM_VERSION}: building")
         out = work / "bin"
         out.mkdir()
         ldflags = f"-s -w -X={module}/internal/version.version=v{HELM_VERSION}"
-        build._run(
+        build.run_go(
             [
                 "go",
                 "build",
@@ -50,8 +50,8 @@ def build_helm() -> Path:
             work,
             log,
         )
-        build._install(out, HELM_BIN)
-    build._progress(f"helm v{HELM_VERSION}: built in {time.monotonic() - started:.0f}s")
+        build.install_atomically(out, HELM_BIN)
+    build.progress(f"helm v{HELM_VERSION}: built in {time.monotonic() - started:.0f}s")
     return helm
 
 

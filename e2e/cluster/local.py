@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from e2e.cluster import build, images, kit, pki, processes
+from e2e.cluster.debian import ensure_debian
 from e2e.cluster.paths import ADMIN_KUBECONFIG, CACHE_ROOT, K8S_BIN, LOGS, PKI, STATE_ROOT, kubectl
 
 ETCD_CLIENT = "http://127.0.0.1:2379"
@@ -60,26 +61,14 @@ class ClusterError(RuntimeError):
 
 
 def ensure_debian_packages() -> None:
-    """Install the Debian packages the node needs, when any is missing."""
+    """Install the Debian packages the node needs, when any is missing.
+
+    busybox-static is checked with dpkg too: ``/bin/busybox`` may come from the dynamically
+    linked ``busybox``, which the busybox image (the binary alone) cannot use.
+    """
     if shutil.which("go") is None:
         raise ClusterError("a Go toolchain (>= 1.24) is needed to build Kubernetes: none on PATH")
-    missing = [pkg for pkg, path in DEBIAN_NEEDS.items() if not Path(path).exists()]
-    busybox_static = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Status}", "busybox-static"], capture_output=True, text=True
-    ).stdout
-    if "install ok installed" not in busybox_static and "busybox-static" not in missing:
-        missing.append("busybox-static")
-    if not missing:
-        return
-    say(f"installing Debian packages: {' '.join(missing)}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
-        check=True,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
+    ensure_debian(DEBIAN_NEEDS, say, verify=("busybox-static",))
 
 
 def wait_ready(what: str, check: Callable[[], bool], timeout: float, log: str) -> None:

@@ -19,23 +19,25 @@ through runc); no storage configuration was needed on these machines.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
 import platform
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import IO
 
+from e2e.cluster.debian import ensure_debian
 from e2e.cluster.paths import CACHE_ROOT, IMAGES_DIR, kubectl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,7 +45,11 @@ CONTEXT = REPO / "image"
 WHEELS = CONTEXT / "wheels"
 CONTEXT_KUBECTL = CONTEXT / "bin" / "kubectl"
 DEBIAN_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
-PACKAGES = {"buildah": "/usr/bin/buildah", "mmdebstrap": "/usr/bin/mmdebstrap"}
+PACKAGES = {
+    "buildah": "/usr/bin/buildah",
+    "mmdebstrap": "/usr/bin/mmdebstrap",
+    "runc": "/usr/sbin/runc",
+}
 BASE_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 EXCLUDES = ("doc", "man", "locale", "info")
 PYTHON_LABEL = "dev.kloop.base.python"
@@ -96,19 +102,12 @@ def _pyproject_dependencies() -> list[str]:
 
 
 def ensure_packages(say: Say = print) -> None:
-    """Install buildah and mmdebstrap from Debian when missing."""
-    missing = [pkg for pkg, path in PACKAGES.items() if not Path(path).exists()]
-    if not missing:
-        return
-    say(f"installing Debian packages: {' '.join(missing)}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
-        check=True,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
+    """Install buildah, mmdebstrap and runc from Debian when missing.
+
+    buildah only Recommends an OCI runtime, and recommends are not installed: without runc a
+    fresh machine's first ``buildah bud`` fails at its first RUN.
+    """
+    ensure_debian(PACKAGES, say)
 
 
 def _buildah(*args: str, quiet: bool = True) -> str:
@@ -150,12 +149,11 @@ def _base_rootfs(base: Base, suite: str, key: str, say: Say) -> Path:
     if out.exists():
         return out
     IMAGES_DIR.mkdir(parents=True, exist_ok=True)
-    partial = out.with_suffix(".partial.tar")
     log = IMAGES_DIR / f"{base.name}.mmdebstrap.log"
     say(f"making the Debian {suite} base {base.name} with mmdebstrap (log {log})")
     started = time.monotonic()
     excludes = [f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in EXCLUDES]
-    with log.open("w") as log_file:
+    with staging_path(out) as partial, log.open("w") as log_file:
         proc = subprocess.run(
             [
                 "mmdebstrap",
@@ -171,12 +169,26 @@ def _base_rootfs(base: Base, suite: str, key: str, say: Say) -> Path:
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    if proc.returncode != 0:
-        partial.unlink(missing_ok=True)
-        raise RuntimeError(f"mmdebstrap failed; see {log}")
-    partial.rename(out)
+        if proc.returncode != 0:
+            raise RuntimeError(f"mmdebstrap failed; see {log}")
+        partial.rename(out)
     say(f"{base.name}: {out.stat().st_size / 2**20:.0f} MB in {time.monotonic() - started:.0f}s")
     return out
+
+
+@contextlib.contextmanager
+def staging_path(out: Path) -> Iterator[Path]:
+    """A path of its own to write ``out``'s content to, in a fresh directory next to ``out``.
+
+    Two cold builds at once (worktrees share the cache) each write their own file and rename it
+    into place; the directory, with anything left in it, goes afterwards.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        yield staging / out.name
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def image_exists(ref: str) -> bool:
@@ -248,41 +260,46 @@ def wheels_key(py_version: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def _download_wheels(py_version: str, dest: Path) -> None:
+    """``pip download`` the wheels for the base's Python into ``dest``, pinned to this venv."""
+    constraints = dest / "constraints.txt"
+    constraints.write_text("\n".join(_constraints()) + "\n")
+    platforms = [arg for tag in _platforms() for arg in ("--platform", tag)]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            "--implementation=cp",
+            f"--python-version={py_version}",
+            *platforms,
+            "--dest",
+            str(dest),
+            "--constraint",
+            str(constraints),
+            "pip",
+            "setuptools>=77",
+            *_pyproject_dependencies(),
+        ],
+        check=True,
+    )
+    constraints.unlink()
+
+
 def ensure_wheels(py_version: str, say: Say = print) -> Path:
     """Download the wheels once into the cache, then mirror them into ``image/wheels``."""
     cached = CACHE_ROOT / f"wheels-py{py_version}-{wheels_key(py_version)}"
     if not cached.exists():
         say(f"downloading wheels for Python {py_version} into {cached}")
-        partial = cached.with_name(cached.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        constraints = partial / "constraints.txt"
-        constraints.write_text("\n".join(_constraints()) + "\n")
-        platforms = [arg for tag in _platforms() for arg in ("--platform", tag)]
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--only-binary=:all:",
-                "--implementation=cp",
-                f"--python-version={py_version}",
-                *platforms,
-                "--dest",
-                str(partial),
-                "--constraint",
-                str(constraints),
-                "pip",
-                "setuptools>=77",
-                *_pyproject_dependencies(),
-            ],
-            check=True,
-        )
-        constraints.unlink()
-        partial.rename(cached)
+        with staging_path(cached) as partial:
+            partial.mkdir()
+            _download_wheels(py_version, partial)
+            with contextlib.suppress(OSError):  # another process finished first: keep its set
+                partial.rename(cached)
     wanted = {p.name for p in cached.glob("*.whl")}
     WHEELS.mkdir(parents=True, exist_ok=True)
     for stale in WHEELS.iterdir():
@@ -387,13 +404,11 @@ def build(target: Target, build_args: dict[str, str], say: Say = print) -> Path:
         str(REPO),
         quiet=False,
     )
-    partial = out.with_suffix(".partial")
-    partial.unlink(missing_ok=True)
-    BUILT_DIR.mkdir(parents=True, exist_ok=True)
-    _buildah("push", "--quiet", unique, f"docker-archive:{partial}:{ref}")
-    _buildah("tag", unique, ref)
-    _buildah("rmi", unique)  # only the extra name: ``ref`` keeps the image
-    partial.rename(out)
+    with staging_path(out) as partial:
+        _buildah("push", "--quiet", unique, f"docker-archive:{partial}:{ref}")
+        _buildah("tag", unique, ref)
+        _buildah("rmi", unique)  # only the extra name: ``ref`` keeps the image
+        partial.rename(out)
     _prune(target, keep=out)
     say(f"{ref}: built in {time.monotonic() - started:.0f}s -> {out}")
     return out

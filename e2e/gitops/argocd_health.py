@@ -8,18 +8,19 @@ becomes nil) and reads back ``hs.status`` and ``hs.message``. Argo CD embeds gop
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from e2e.cluster.debian import ensure_debian
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "charts" / "kloop" / "files" / "argocd"
 LOOPRUN_SCRIPT = SCRIPTS / "health-looprun.lua"
 LOOP_SCRIPT = SCRIPTS / "health-loop.lua"
 LUA = "lua5.1"
+LUA_PATH = "/usr/bin/lua5.1"
 
 _RUNNER = """
 local check = assert(loadfile(arg[1]))
@@ -38,22 +39,8 @@ class Health:
 
 def ensure_lua() -> str:
     """The interpreter's path; installs Debian's ``lua5.1`` when missing (as the harness does)."""
-    found = shutil.which(LUA)
-    if found:
-        return found
-    print("[kloop-gitops] installing Debian package lua5.1", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", LUA],
-        check=True,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-    found = shutil.which(LUA)
-    if not found:
-        raise RuntimeError("lua5.1 is still missing after apt-get install")
-    return found
+    ensure_debian({LUA: LUA_PATH}, lambda msg: print(f"[kloop-gitops] {msg}", flush=True))
+    return LUA_PATH
 
 
 def _lua_string(text: str) -> str:

@@ -2,7 +2,9 @@
 
 Imported by the GitOps test modules (not the shared conftest), so only they build and start
 Flux. The controllers' logs stay in pytest's temporary directory; ``flux_logs`` prints their
-tails after each test, which pytest shows when the test failed.
+tails after each test, which pytest shows when the test failed. At session end, after the
+controllers stopped, the Flux CRDs this session installed are deleted again when they hold no
+object (each test deletes its Flux objects while the controllers still run).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.gitops.flux import FluxControllers, install_flux_crds
+from e2e.gitops.flux import FluxControllers, flux_crds, install_flux_crds, remove_unused_crds
 from e2e.gitops.git_server import GitServer, git_server
 
 
@@ -25,13 +27,17 @@ def flux(
     with capture.global_and_fixture_disabled():  # a cold build takes minutes: show progress
         print()
         controllers = FluxControllers(tmp_path_factory.mktemp("flux"))
-    install_flux_crds(cluster)
-    controllers.start(cluster)
+    before = flux_crds(cluster)
+    installed = set(install_flux_crds(cluster)) - before
     try:
+        controllers.start(cluster)
         yield controllers
     finally:
         controllers.stop()
         print(f"flux controller logs: {controllers.workdir}")
+        kept = remove_unused_crds(cluster, sorted(installed))
+        if kept:
+            print(f"Flux CRDs kept (they still hold objects): {', '.join(kept)}")
 
 
 @pytest.fixture(scope="session")

@@ -8,24 +8,38 @@ Leader election is off: one replica each, for this session only.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kubernetes import client
+
 from e2e.cluster.paths import kubectl
 from e2e.gitops.flux_build import KUSTOMIZE_CONTROLLER, SOURCE_CONTROLLER, build_flux, crd_files
+from e2e.procs import free_port, log_tail, stop_process
+
+# The kinds tests create, in deletion order: a Kustomization prunes what it applied while its
+# source is still there.
+KUSTOMIZATIONS = ("kustomize.toolkit.fluxcd.io", "v1", "kustomizations")
+GIT_REPOSITORIES = ("source.toolkit.fluxcd.io", "v1", "gitrepositories")
+TEST_KINDS = (KUSTOMIZATIONS, GIT_REPOSITORIES)
 
 
-def free_port() -> int:
-    """A port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def _kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(kubectl()), "--kubeconfig", str(kubeconfig), *args], capture_output=True, text=True
+    )
+
+
+def flux_crds(kubeconfig: Path) -> set[str]:
+    """The Flux CRDs the cluster serves now (``customresourcedefinition.../<name>``)."""
+    out = _kubectl(kubeconfig, "get", "crd", "-o", "name").stdout
+    return {line for line in out.split() if line.endswith(".toolkit.fluxcd.io")}
 
 
 def install_flux_crds(kubeconfig: Path) -> list[str]:
@@ -44,6 +58,55 @@ def install_flux_crds(kubeconfig: Path) -> list[str]:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return names
+
+
+def remove_unused_crds(kubeconfig: Path, names: Iterable[str]) -> list[str]:
+    """Delete each of the CRDs ``names`` that holds no object any more; return those kept.
+
+    Run after the controllers stopped: an object left then would keep its finalizer, and the
+    CRD's deletion would hang on it, so a CRD with objects is kept (and reported).
+    """
+    kept = []
+    for name in names:
+        crd = name.rsplit("/", 1)[-1]  # plural.group, which kubectl get takes as a resource
+        listed = _kubectl(kubeconfig, "get", crd, "--all-namespaces", "-o", "name")
+        if listed.returncode != 0 or listed.stdout.strip():
+            kept.append(crd)
+            continue
+        _kubectl(kubeconfig, "delete", "crd", crd, "--ignore-not-found", "--timeout=60s")
+    return kept
+
+
+def delete_flux_objects(api: client.ApiClient, namespace: str, timeout: float = 90) -> None:
+    """Delete ``namespace``'s Kustomizations, then its GitRepositories, and wait until gone.
+
+    Both carry ``finalizers.fluxcd.io``, which only the running controllers remove: deleted
+    with the namespace after the session stopped them, they would hold it Terminating forever.
+    Call this while the controllers run. What is still there at the deadline loses its
+    finalizer (so the namespace can go) and the call raises.
+    """
+    custom = client.CustomObjectsApi(api)
+    for group, version, plural in TEST_KINDS:
+        for obj in custom.list_namespaced_custom_object(group, version, namespace, plural)["items"]:
+            with contextlib.suppress(client.ApiException):
+                custom.delete_namespaced_custom_object(
+                    group, version, namespace, plural, obj["metadata"]["name"]
+                )
+        deadline = time.monotonic() + timeout
+        left = []
+        while time.monotonic() < deadline:
+            left = custom.list_namespaced_custom_object(group, version, namespace, plural)["items"]
+            if not left:
+                break
+            time.sleep(0.5)
+        if left:
+            for obj in left:
+                custom.patch_namespaced_custom_object(
+                    group, version, namespace, plural, obj["metadata"]["name"],
+                    {"metadata": {"finalizers": None}},
+                )  # fmt: skip
+            names = [obj["metadata"]["name"] for obj in left]
+            raise RuntimeError(f"{plural} {names} in {namespace} not deleted within {timeout}s")
 
 
 @dataclass
@@ -91,19 +154,13 @@ class ControllerProcess:
         raise RuntimeError(f"{self.binary.name} not ready after {timeout}s:\n{self.log_tail()}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
 
 class FluxControllers:

@@ -12,16 +12,14 @@ atomic rename, so a killed build never looks cached.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from e2e.cluster.build import install_binary_atomically, progress, run_go
 from e2e.cluster.paths import CACHE_ROOT
 
 FLUX_VERSION = "1.9.6"
@@ -53,28 +51,13 @@ KUSTOMIZE_CONTROLLER = Controller("kustomize-controller")
 CONTROLLERS = (SOURCE_CONTROLLER, KUSTOMIZE_CONTROLLER)
 
 
-def _go_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"GOTOOLCHAIN": "local", "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false"})
-    return env
-
-
 def _progress(msg: str) -> None:
-    print(f"[kloop-flux {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def _run(cmd: list[str], cwd: Path, log: Path) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=_go_env(), capture_output=True, text=True)
-    with log.open("a") as f:
-        f.write(f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}\n")
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-    return proc.stdout
+    progress(msg, tag="kloop-flux")
 
 
 def _download(module: str, cwd: Path, log: Path) -> dict[str, str]:
     info: dict[str, str] = json.loads(
-        _run(["go", "mod", "download", "-json", f"{module}@v{FLUX_VERSION}"], cwd, log)
+        run_go(["go", "mod", "download", "-json", f"{module}@v{FLUX_VERSION}"], cwd, log)
     )
     return info
 
@@ -94,7 +77,7 @@ def module_dir(controller: Controller) -> Path:
     with tempfile.TemporaryDirectory(prefix="kloop-fluxmod-") as tmp:
         work = Path(tmp)
         log = work / "log"
-        _run(["go", "mod", "init", "local/fluxmod"], work, log)
+        run_go(["go", "mod", "init", "local/fluxmod"], work, log)
         return Path(_download(controller.module, work, log)["Dir"])
 
 
@@ -111,31 +94,28 @@ def _build_one(controller: Controller, log: Path) -> None:
     with tempfile.TemporaryDirectory(prefix=f"kloop-{controller.name}-") as tmp:
         work = Path(tmp)
         _progress(f"{controller.name} v{FLUX_VERSION}: resolving modules (log: {log})")
-        _run(["go", "mod", "init", f"local/{controller.name}-build"], work, log)
+        run_go(["go", "mod", "init", f"local/{controller.name}-build"], work, log)
         info = _download(controller.module, work, log)
         gomod = Path(info["GoMod"]).read_text()
         go_line = re.search(r"^go (\S+)", gomod, re.MULTILINE)
         if go_line:
-            _run(["go", "mod", "edit", f"-go={go_line.group(1)}"], work, log)
+            run_go(["go", "mod", "edit", f"-go={go_line.group(1)}"], work, log)
         for old, new in [*upstream_replaces(gomod), *controller.extra_replaces]:
-            _run(["go", "mod", "edit", f"-replace={old}={new}"], work, log)
+            run_go(["go", "mod", "edit", f"-replace={old}={new}"], work, log)
         (work / "tools.go").write_text(
             f'//go:build tools\n\npackage tools\n\nimport _ "{controller.module}"\n'
         )
-        _run(["go", "get", f"{controller.module}@v{FLUX_VERSION}"], work, log)
+        run_go(["go", "get", f"{controller.module}@v{FLUX_VERSION}"], work, log)
         _progress(f"{controller.name}: modules resolved in {time.monotonic() - started:.0f}s")
         built = work / controller.name
         t0 = time.monotonic()
-        _run(
+        run_go(
             ["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(built), controller.module],
             work,
             log,
         )
         _progress(f"{controller.name}: compiled in {time.monotonic() - t0:.0f}s")
-        FLUX_BIN.mkdir(parents=True, exist_ok=True)
-        partial = FLUX_BIN / f".partial-{controller.name}"
-        shutil.copy2(built, partial)
-        partial.replace(controller.binary)  # atomic: the cache holds whole binaries only
+        install_binary_atomically(built, controller.binary)  # the cache holds whole binaries only
     _progress(f"{controller.name} v{FLUX_VERSION}: built in {time.monotonic() - started:.0f}s")
 
 

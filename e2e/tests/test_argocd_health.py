@@ -3,7 +3,7 @@
 Every phase a run can be in is produced on the real cluster (with the real operator), the Lua
 check runs on the live object with lua5.1, and the objects are what
 tests/fixtures/argocd/*.json hold: ``KLOOP_CAPTURE_FIXTURES=1`` rewrites those files from this run
-(tests/unit/test_argocd_health.py checks the same scripts against them without a cluster).
+(tests/integration/test_argocd_health.py checks the same scripts against them without a cluster).
 """
 
 from __future__ import annotations

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +20,12 @@ from kubernetes import client
 
 from e2e.crds import install_crds
 from e2e.gitops.fixtures import flux, flux_logs, git
-from e2e.gitops.flux import FluxControllers
+from e2e.gitops.flux import (
+    GIT_REPOSITORIES,
+    KUSTOMIZATIONS,
+    FluxControllers,
+    delete_flux_objects,
+)
 from e2e.gitops.git_server import GitServer
 from e2e.gitops.workdir import Workdir
 from e2e.helpers import wait_for
@@ -29,8 +37,8 @@ __all__ = ["flux", "flux_logs", "git"]  # fixtures, re-exported for pytest
 pytestmark = pytest.mark.e2e
 
 Json = dict[str, Any]
-SOURCE = ("source.toolkit.fluxcd.io", "v1", "gitrepositories")
-KUSTOMIZE = ("kustomize.toolkit.fluxcd.io", "v1", "kustomizations")
+SOURCE = GIT_REPOSITORIES
+KUSTOMIZE = KUSTOMIZATIONS
 REQUESTED_AT = "reconcile.fluxcd.io/requestedAt"
 
 
@@ -174,20 +182,49 @@ def _fingerprint(obj: Json) -> Json:
     }
 
 
-def test_flux_syncs_a_run_to_success_without_drift_and_picks_up_a_changed_loop(
+@dataclass
+class App:
+    """One test's app: a repository on the git server, a clone of it, the namespace it syncs to.
+
+    Every test pushes the Loop ``greeting`` (as the test shapes it) and its run ``greeting-1``.
+    """
+
+    api: client.ApiClient
+    ns: str
+    url: str
+    work: Workdir
+
+    def push(self, loop: Json, message: str) -> str:
+        """Commit and push the app with ``loop``; returns the commit."""
+        return _push_app(self.work, loop, _run_manifest("greeting-1", "greeting"), message)
+
+    def sync(self, timeout: str = "3m") -> None:
+        """Point Flux at the repository: a GitRepository and a Kustomization into ``ns``."""
+        _sync(self.api, self.ns, self.url, timeout)
+
+
+@pytest.fixture
+def app(
     api_client: client.ApiClient,
     namespace: str,
     operator: OperatorProcess,
     flux_logs: FluxControllers,
     git: GitServer,
-    tmp_path: Any,
+    tmp_path: Path,
+) -> Iterator[App]:
+    """A fresh repository for the test; its Flux objects are deleted while the controllers run."""
+    url = git.create_repo(f"app-{namespace}")
+    yield App(api_client, namespace, url, Workdir(url, tmp_path / "work"))
+    delete_flux_objects(api_client, namespace)
+
+
+def test_flux_syncs_a_run_to_success_without_drift_and_picks_up_a_changed_loop(
+    api_client: client.ApiClient, app: App, flux_logs: FluxControllers
 ) -> None:
-    ns = namespace
-    url = git.create_repo(f"app-{ns}")
-    work = Workdir(url, tmp_path / "work")
+    ns = app.ns
     loop = greeting_loop()
-    first = _push_app(work, loop, _run_manifest("greeting-1", "greeting"), "greeting loop")
-    _sync(api_client, ns, url)
+    first = app.push(loop, "greeting loop")
+    app.sync()
 
     # The Kustomization is Ready only once the run has succeeded: kstatus never reads the new
     # run as Current early (its status defaults to observedGeneration 0 until kloop observes it).
@@ -243,7 +280,7 @@ def test_flux_syncs_a_run_to_success_without_drift_and_picks_up_a_changed_loop(
 
     # A changed Loop in git is applied on the next reconcile.
     loop["spec"]["goal"] = "Make greeting.txt say exactly 'hello, world', synced by Flux."
-    second = _push_app(work, loop, _run_manifest("greeting-1", "greeting"), "new goal")
+    second = app.push(loop, "new goal")
     token = _request_reconcile(api_client, SOURCE, ns)
     wait_for("the new commit fetched", lambda: _handled(api_client, SOURCE, ns, token), 60)
     _request_reconcile(api_client, KUSTOMIZE, ns)
@@ -265,20 +302,13 @@ def _health_check_failed(api: client.ApiClient, ns: str) -> Json | None:
 
 
 def test_a_halted_run_makes_the_kustomization_report_it_unhealthy(
-    api_client: client.ApiClient,
-    namespace: str,
-    operator: OperatorProcess,
-    flux_logs: FluxControllers,
-    git: GitServer,
-    tmp_path: Any,
+    api_client: client.ApiClient, app: App
 ) -> None:
-    ns = namespace
-    url = git.create_repo(f"app-{ns}")
-    work = Workdir(url, tmp_path / "work")
+    ns = app.ns
     loop = greeting_loop()
     loop["spec"]["budget"] = {"maxIterations": 1}  # iteration 1 fails its checker: halted
-    _push_app(work, loop, _run_manifest("greeting-1", "greeting"), "a loop that halts")
-    _sync(api_client, ns, url)
+    app.push(loop, "a loop that halts")
+    app.sync()
 
     ready = wait_for(
         "the Kustomization to report the halted run",
@@ -293,20 +323,13 @@ def test_a_halted_run_makes_the_kustomization_report_it_unhealthy(
 
 
 def test_a_run_awaiting_approval_keeps_the_kustomization_waiting_until_its_timeout(
-    api_client: client.ApiClient,
-    namespace: str,
-    operator: OperatorProcess,
-    flux_logs: FluxControllers,
-    git: GitServer,
-    tmp_path: Any,
+    api_client: client.ApiClient, app: App
 ) -> None:
-    ns = namespace
-    url = git.create_repo(f"app-{ns}")
-    work = Workdir(url, tmp_path / "work")
+    ns = app.ns
     loop = greeting_loop()
     loop["spec"]["stages"] = [{"name": "prod", "clusters": ["local"], "requireApproval": True}]
-    _push_app(work, loop, _run_manifest("greeting-1", "greeting"), "a gated loop")
-    _sync(api_client, ns, url, timeout="20s")
+    app.push(loop, "a gated loop")
+    app.sync(timeout="20s")
 
     ready = wait_for(
         "the Kustomization to time out", lambda: _health_check_failed(api_client, ns), 120

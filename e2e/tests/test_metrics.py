@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import httpx
@@ -13,15 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from e2e.helpers import wait_for
 from e2e.loops import create_loop, greeting_loop, start_run, wait_finished
 from e2e.operator_process import OperatorProcess
+from e2e.procs import free_port
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_metrics_endpoint_counts_iterations_verdicts_and_outcome(
@@ -31,7 +24,7 @@ def test_metrics_endpoint_counts_iterations_verdicts_and_outcome(
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    port = _free_port()
+    port = free_port()
     operator = OperatorProcess(
         cluster, tmp_path / "operator.log", [namespace], ["--metrics-port", str(port)]
     )

@@ -31,7 +31,8 @@ from e2e.dashboard import expressions
 from e2e.helpers import wait_for
 from e2e.loops import GROUP, VERSION, create_loop, get_run, greeting_loop, start_run, wait_finished
 from e2e.operator_process import OperatorProcess
-from e2e.prometheus import PrometheusServer, free_port, selectors, without_threshold
+from e2e.procs import free_port
+from e2e.prometheus import PrometheusServer, selectors, without_threshold
 from e2e.webhook import receiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]

@@ -1,7 +1,8 @@
 """The Argo CD health checks (Lua, run by lua5.1) on objects captured from real e2e runs.
 
 The fixtures are written by e2e/tests/test_argocd_health.py with ``KLOOP_CAPTURE_FIXTURES=1``;
-that test also runs the same scripts on the live objects.
+that test also runs the same scripts on the live objects. lua5.1 comes from Debian, installed by
+the harness when missing (root, apt): so these tests sit with the integration tier.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from e2e.gitops.argocd_health import LOOP_SCRIPT, LOOPRUN_SCRIPT, SCRIPTS, run_health
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "argocd"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "gitops.md"
