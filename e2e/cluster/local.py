@@ -103,7 +103,28 @@ def _kubectl_out(kubeconfig: Path, *args: str) -> str:
     return proc.stdout if proc.returncode == 0 else ""
 
 
+def routes_elsewhere(cidr: str, bridge: str) -> list[str]:
+    """Interfaces other than ``bridge`` with a route for ``cidr``.
+
+    Podman's default network (``cni-podman0``, which buildah or podman create when they run a
+    container with networking) is 10.88.0.0/16 too; when its route comes first, the host answers
+    pods on it and every pod-to-host connection (the apiserver, extra clusters) times out.
+    """
+    out = subprocess.run(
+        ["ip", "-o", "route", "show", "exact", cidr], capture_output=True, text=True
+    ).stdout
+    devices = [line.split(" dev ", 1)[1].split()[0] for line in out.splitlines() if " dev " in line]
+    return [dev for dev in devices if dev != bridge]
+
+
 def _ensure_bridge() -> None:
+    others = routes_elsewhere(POD_CIDR, BRIDGE)
+    if others:
+        raise ClusterError(
+            f"{', '.join(others)} already routes the pod network {POD_CIDR}: pods could not "
+            f"reach the host. Remove it first (e.g. `ip link del {others[0]}`; podman's default "
+            "bridge cni-podman0 is made again only when a container runs with networking)"
+        )
     if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode != 0:
         subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
     addrs = subprocess.run(["ip", "-4", "addr", "show", BRIDGE], capture_output=True, text=True)
