@@ -23,6 +23,9 @@ StartResponse = Any  # wsgiref's start_response callable
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+    # socketserver's default listen backlog is 5: on a loaded machine (a cold CI run) git's
+    # connections overflowed it once and a clone was reset. Git opens one connection per request.
+    request_queue_size = 64
 
 
 class _QuietHandler(WSGIRequestHandler):
