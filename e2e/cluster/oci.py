@@ -405,7 +405,10 @@ def build(target: Target, build_args: dict[str, str], say: Say = print) -> Path:
         quiet=False,
     )
     with staging_path(out) as partial:
-        _buildah("push", "--quiet", unique, f"docker-archive:{partial}:{ref}")
+        # Pushed by image id, so the archive names only ``ref``: pushing ``unique`` would add
+        # that build tag to the archive, and every import would leave it in containerd.
+        image_id = _buildah("images", "--quiet", "--no-trunc", unique).split()[0]
+        _buildah("push", "--quiet", image_id, f"docker-archive:{partial}:{ref}")
         _buildah("tag", unique, ref)
         _buildah("rmi", unique)  # only the extra name: ``ref`` keeps the image
         partial.rename(out)

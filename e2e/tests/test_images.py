@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,3 +172,14 @@ def test_forbidden_paths_pattern_catches_what_it_names() -> None:
         "usr/bin/ldd",
     ):
         assert not FORBIDDEN.search(good), good
+
+
+def test_image_tarballs_name_only_their_image_so_imports_leave_no_build_tags(
+    built_images: dict[str, Path],
+) -> None:
+    for ref, tarball in built_images.items():
+        with tarfile.open(tarball) as archive:
+            member = archive.extractfile("manifest.json")
+            assert member is not None
+            manifest = json.load(member)
+        assert [entry["RepoTags"] for entry in manifest] == [[ref]]
