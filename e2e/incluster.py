@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from e2e.cluster import local
-from e2e.cluster.paths import kubectl
+from e2e.cluster.paths import kubectl, run_kubectl
 
 MODE_ENV = "KLOOP_E2E_OPERATOR"
 RELEASE = "kloop-e2e"
@@ -55,16 +55,8 @@ class InClusterOperator:
         self.log_path = log_path
         self._streams: list[subprocess.Popen[bytes]] = []
 
-    def _kubectl(self, *args: str, check: bool = True) -> str:
-        proc = subprocess.run(
-            [str(kubectl()), f"--kubeconfig={self.kubeconfig}", f"-n={RELEASE_NAMESPACE}", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if check and proc.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stdout}{proc.stderr}")
-        return proc.stdout
+    def _kubectl(self, *args: str) -> str:
+        return run_kubectl(self.kubeconfig, f"-n={RELEASE_NAMESPACE}", *args, timeout=120).stdout
 
     def _pods(self) -> list[str]:
         selector = f"app.kubernetes.io/instance={RELEASE}"

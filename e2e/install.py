@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ import yaml
 from e2e import image
 from e2e.cluster import local, oci
 from e2e.cluster.helm import helm
-from e2e.cluster.paths import ADMIN_KUBECONFIG, kubectl
+from e2e.cluster.paths import ADMIN_KUBECONFIG, apply_crds, run_kubectl
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "kloop"
@@ -42,12 +41,7 @@ def say(msg: str) -> None:
 
 
 def _kubectl(kubeconfig: Path, *args: str, check: bool = True) -> str:
-    proc = subprocess.run(
-        [str(kubectl()), f"--kubeconfig={kubeconfig}", *args], capture_output=True, text=True
-    )
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"kubectl {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
-    return proc.stdout
+    return run_kubectl(kubeconfig, *args, check=check).stdout
 
 
 def local_image_values() -> dict[str, object]:
@@ -69,8 +63,7 @@ def install(
     timeout_seconds: int = 180,
 ) -> None:
     """Apply the CRDs and install or upgrade the release; return once the operator is Ready."""
-    _kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
-    _kubectl(kubeconfig, "wait", "--for=condition=Established", "-f", str(CHART / "crds"))
+    apply_crds(kubeconfig, CHART / "crds")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as values_file:
         yaml.safe_dump({**local_image_values(), **(values or {})}, values_file)
         values_file.flush()
@@ -83,18 +76,10 @@ def install(
             f"--namespace={namespace}",
             "--create-namespace",
             f"--values={values_file.name}",
-            "--wait",
+            "--wait",  # until the Deployment is Ready (kstatus), so no rollout status after
             f"--timeout={timeout_seconds}s",
             timeout=timeout_seconds + 30,
         )
-    _kubectl(
-        kubeconfig,
-        "rollout",
-        "status",
-        f"deployment/{release}",
-        f"--namespace={namespace}",
-        f"--timeout={timeout_seconds}s",
-    )
 
 
 def leftovers(kubeconfig: Path, release: str = RELEASE, namespace: str = NAMESPACE) -> list[str]:

@@ -18,7 +18,7 @@ HELM_BIN = CACHE_ROOT / f"helm-v{HELM_VERSION}" / "bin"
 
 
 def build_helm() -> Path:
-    """Return the pinned helm binary, building it when missing (about 5 min on two cores)."""
+    """Return the pinned helm binary, building it when missing (about 2 min on two quiet cores)."""
     helm = HELM_BIN / "helm"
     if helm.is_file():
         return helm

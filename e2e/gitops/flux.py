@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kubernetes import client
 
-from e2e.cluster.paths import kubectl
+from e2e.cluster.paths import apply_crds, run_kubectl
 from e2e.gitops.flux_build import KUSTOMIZE_CONTROLLER, SOURCE_CONTROLLER, build_flux, crd_files
 from e2e.procs import free_port, log_tail, stop_process
 
@@ -31,9 +31,7 @@ TEST_KINDS = (KUSTOMIZATIONS, GIT_REPOSITORIES)
 
 
 def _kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(kubectl()), "--kubeconfig", str(kubeconfig), *args], capture_output=True, text=True
-    )
+    return run_kubectl(kubeconfig, *args, check=False)
 
 
 def flux_crds(kubeconfig: Path) -> set[str]:
@@ -44,20 +42,7 @@ def flux_crds(kubeconfig: Path) -> set[str]:
 
 def install_flux_crds(kubeconfig: Path) -> list[str]:
     """Server-side apply Flux's CRDs (too large for client-side apply) and wait until served."""
-    names = []
-    for path in crd_files():
-        out = subprocess.run(
-            [str(kubectl()), "--kubeconfig", str(kubeconfig), "apply", "--server-side",
-             "--force-conflicts", "--field-manager=kloop-e2e", "-o", "name", "-f", str(path)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        names.append(out.stdout.strip())
-    subprocess.run(
-        [str(kubectl()), "--kubeconfig", str(kubeconfig), "wait", "--for=condition=Established",
-         "--timeout=60s", *names],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return names
+    return apply_crds(kubeconfig, *crd_files())
 
 
 def remove_unused_crds(kubeconfig: Path, names: Iterable[str]) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ from kubernetes import client
 
 from e2e import image, install
 from e2e.cluster import oci
-from e2e.cluster.paths import kubectl
+from e2e.cluster.paths import run_kubectl
 from e2e.crds import install_crds
 from e2e.helpers import wait_for
 from e2e.loops import MANIFESTS, run_pods, wait_finished
@@ -25,13 +24,7 @@ RELEASE_NAMESPACE = "kloop-it-system"
 
 
 def _kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
-    return subprocess.run(
-        [str(kubectl()), f"--kubeconfig={kubeconfig}", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    return run_kubectl(kubeconfig, *args, stdin=stdin).stdout
 
 
 def test_installed_chart_runs_the_greeting_loop_in_cluster_and_uninstall_leaves_nothing(
