@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from kubernetes import client
+
 T = TypeVar("T")
 
 
@@ -21,3 +23,17 @@ def wait_for(
             return last
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def run_pod(
+    core: client.CoreV1Api, namespace: str, pod: client.V1Pod, timeout: float = 180
+) -> client.V1Pod:
+    """Create ``pod`` and return it once it has Succeeded or Failed (restartPolicy Never)."""
+    core.create_namespaced_pod(namespace, pod)
+    name = pod.metadata.name
+
+    def finished() -> client.V1Pod | None:
+        p = core.read_namespaced_pod(name, namespace)
+        return p if p.status.phase in ("Succeeded", "Failed") else None
+
+    return wait_for(f"pod {name} to finish", finished, timeout)

@@ -117,20 +117,25 @@ def routes_elsewhere(cidr: str, bridge: str) -> list[str]:
     return [dev for dev in devices if dev != bridge]
 
 
-def _ensure_bridge() -> None:
-    others = routes_elsewhere(POD_CIDR, BRIDGE)
+def ensure_bridge(bridge: str, gateway: str, pod_cidr: str) -> None:
+    """The pods' bridge with the node's gateway address on it (created when missing).
+
+    Refuses a pod network another interface already routes: the host would answer pods there.
+    """
+    others = routes_elsewhere(pod_cidr, bridge)
     if others:
         raise ClusterError(
-            f"{', '.join(others)} already routes the pod network {POD_CIDR}: pods could not "
+            f"{', '.join(others)} already routes the pod network {pod_cidr}: pods could not "
             f"reach the host. Remove it first (e.g. `ip link del {others[0]}`; podman's default "
             "bridge cni-podman0 is made again only when a container runs with networking)"
         )
-    if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode != 0:
-        subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
-    addrs = subprocess.run(["ip", "-4", "addr", "show", BRIDGE], capture_output=True, text=True)
-    if f"{pki.NODE_IP}/" not in addrs.stdout:
-        subprocess.run(["ip", "addr", "add", f"{pki.NODE_IP}/16", "dev", BRIDGE], check=True)
-    subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
+    if subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0:
+        subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    addrs = subprocess.run(["ip", "-4", "addr", "show", bridge], capture_output=True, text=True)
+    prefix = pod_cidr.split("/", 1)[1]
+    if f"{gateway}/" not in addrs.stdout:
+        subprocess.run(["ip", "addr", "add", f"{gateway}/{prefix}", "dev", bridge], check=True)
+    subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
 
 
 def _start_etcd(etcd_bin: Path) -> None:
@@ -546,7 +551,7 @@ def up() -> Path:
     tarballs = build_images(build.kubernetes_module_dir())
     say(f"certificates in {PKI}")
     pki.ensure_pki(PKI)
-    _ensure_bridge()
+    ensure_bridge(BRIDGE, pki.NODE_IP, POD_CIDR)
     say("starting etcd")
     _start_etcd(etcd_bin)
     say("starting kube-apiserver")

@@ -99,15 +99,6 @@ def _admin_kubeconfig(cluster: str) -> Path:
     return local.CLUSTERS_DIR / f"apiserver-{cluster}.kubeconfig"
 
 
-def _ensure_bridge() -> None:
-    if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode != 0:
-        subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
-    addrs = subprocess.run(["ip", "-4", "addr", "show", BRIDGE], capture_output=True, text=True)
-    if f"{NODE_IP}/" not in addrs.stdout:
-        subprocess.run(["ip", "addr", "add", f"{NODE_IP}/16", "dev", BRIDGE], check=True)
-    subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
-
-
 def _hierarchies() -> list[Path]:
     """Every mounted cgroup hierarchy (v1 controllers, name=systemd, the hybrid unified one)."""
     return sorted(p for p in CGROUP_FS.iterdir() if p.is_dir() and not p.is_symlink())
@@ -321,7 +312,7 @@ def add_node(cluster: str) -> str:
     k8s_bin = build.build_kubernetes()
     local.say(f"node {node_name(cluster)}: bridge {BRIDGE} {NODE_IP}/16, cgroups, certificates")
     _dir(cluster).mkdir(parents=True, exist_ok=True)
-    _ensure_bridge()
+    local.ensure_bridge(BRIDGE, NODE_IP, POD_CIDR)
     _ensure_cgroup_root(cluster)
     kubeconfig = _node_pki(cluster)
     holder = _start_mount_namespace(cluster)

@@ -16,7 +16,7 @@ from kubernetes.client.rest import ApiException
 from e2e.cluster import kit, pki
 from e2e.cluster.paths import PKI
 from e2e.fleet import TargetCluster, ensure_service_account, target_client
-from e2e.helpers import wait_for
+from e2e.helpers import run_pod
 
 pytestmark = pytest.mark.e2e
 
@@ -85,13 +85,7 @@ def test_a_pod_acts_on_an_extra_cluster_through_its_kubeconfig_with_the_kit_imag
             ],
         ),
     )
-    core.create_namespaced_pod(namespace, pod)
-
-    def finished() -> client.V1Pod | None:
-        p = core.read_namespaced_pod("acts-on-target", namespace)
-        return p if p.status.phase in ("Succeeded", "Failed") else None
-
-    done = wait_for("the pod to finish", finished, timeout=120)
+    done = run_pod(core, namespace, pod, timeout=120)
     log = core.read_namespaced_pod_log("acts-on-target", namespace)
     assert done.status.phase == "Succeeded", log
     result = json.loads(done.status.container_statuses[0].state.terminated.message)

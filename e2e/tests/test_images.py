@@ -13,7 +13,7 @@ from kubernetes import client
 
 from e2e.cluster import images, local, oci
 from e2e.fixtures import using_external_cluster
-from e2e.helpers import wait_for
+from e2e.helpers import run_pod
 from e2e.image import build_all
 
 pytestmark = pytest.mark.e2e
@@ -50,17 +50,6 @@ def _hardened(**container: object) -> client.V1Container:
     )
 
 
-def _run(core: client.CoreV1Api, namespace: str, pod: client.V1Pod) -> client.V1Pod:
-    core.create_namespaced_pod(namespace, pod)
-    name = pod.metadata.name
-
-    def finished() -> client.V1Pod | None:
-        p = core.read_namespaced_pod(name, namespace)
-        return p if p.status.phase in ("Succeeded", "Failed") else None
-
-    return wait_for(f"pod {name} to finish", finished, timeout=180)
-
-
 def test_operator_image_runs_kloop_operator_as_uid_65532_on_a_read_only_root(
     api_client: client.ApiClient, namespace: str, node_images: dict[str, Path]
 ) -> None:
@@ -82,7 +71,7 @@ def test_operator_image_runs_kloop_operator_as_uid_65532_on_a_read_only_root(
             ],
         ),
     )
-    done = _run(core, namespace, pod)
+    done = run_pod(core, namespace, pod)
     help_log = core.read_namespaced_pod_log("operator-image", namespace, container="help")
     whoami_log = core.read_namespaced_pod_log("operator-image", namespace, container="whoami")
     assert done.status.phase == "Succeeded", (help_log, whoami_log)
@@ -129,7 +118,7 @@ def test_kit_image_has_python_kloop_agent_kubectl_git_and_busybox_as_non_root(
             ],
         ),
     )
-    done = _run(core, namespace, pod)
+    done = run_pod(core, namespace, pod)
     log = core.read_namespaced_pod_log("kit-image", namespace)
     assert done.status.phase == "Succeeded", log
     result = json.loads(done.status.container_statuses[0].state.terminated.message)

@@ -6,7 +6,7 @@ import pytest
 from kubernetes import client
 
 from e2e.cluster.images import BUSYBOX_IMAGE
-from e2e.helpers import wait_for
+from e2e.helpers import run_pod
 
 pytestmark = pytest.mark.e2e
 
@@ -30,13 +30,7 @@ def test_busybox_pod_runs_a_shell_command_and_its_termination_message_is_readabl
             ],
         ),
     )
-    core.create_namespaced_pod(namespace, pod)
-
-    def finished() -> client.V1Pod | None:
-        p = core.read_namespaced_pod("answer", namespace)
-        return p if p.status.phase in ("Succeeded", "Failed") else None
-
-    done = wait_for("pod to finish", finished, timeout=120)
+    done = run_pod(core, namespace, pod, timeout=120)
     assert done.status.phase == "Succeeded"
     terminated = done.status.container_statuses[0].state.terminated
     assert terminated.exit_code == 0
@@ -61,10 +55,6 @@ def test_failing_command_reports_its_exit_code(
             ],
         ),
     )
-    core.create_namespaced_pod(namespace, pod)
-    done = wait_for(
-        "pod to fail",
-        lambda: (p := core.read_namespaced_pod("fails", namespace)).status.phase == "Failed" and p,
-        timeout=120,
-    )
+    done = run_pod(core, namespace, pod, timeout=120)
+    assert done.status.phase == "Failed"
     assert done.status.container_statuses[0].state.terminated.exit_code == 3
