@@ -392,5 +392,9 @@ def test_a_checker_with_placement_target_runs_on_its_clusters_own_node(
         (core_b.read_namespaced_config_map, f"{name}-in"),
     ):
         wait_for(f"{what} deleted", functools.partial(deleted, read, what), 30)
-    assert get_run(api_client, namespace, "placed")["status"].get("placedPods", []) == []
+    wait_for(  # the pass after the clean-up forgets the pod
+        "placedPods emptied",
+        lambda: get_run(api_client, namespace, "placed")["status"].get("placedPods", []) == [],
+        30,
+    )
     core_b.delete_namespaced_pod(name, AGENTS)  # placed pods are not garbage-collected
