@@ -352,6 +352,64 @@ class Connector(KubeModel):
     """Which pods get the connector."""
 
 
+class WebhookProvider(StrEnum):
+    """Who sends the webhook, which decides how it is authenticated (docs/automations.md)."""
+
+    GITHUB = "github"
+    GITLAB = "gitlab"
+    GENERIC = "generic"
+
+
+class WebhookTrigger(KubeModel):
+    """Start a run when a release tag is pushed, told by a signed webhook (Flux Receiver style)."""
+
+    provider: WebhookProvider
+    """github (X-Hub-Signature-256), gitlab (X-Gitlab-Token) or generic (X-Signature HMAC)."""
+    secret_ref: SecretRef
+    """A Secret whose key ``token`` is the shared secret; the receiver path derives from it."""
+
+
+class GitPollTrigger(KubeModel):
+    """Start a run per new tag of a repository that cannot send webhooks (``git ls-remote``)."""
+
+    url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://")
+    """Repository URL (http or https; reached through the operator's egress guard)."""
+    secret_ref: SecretRef | None = None
+    """Credentials: keys ``username`` and ``password`` (a token as password suits most hosts)."""
+    interval: str = Field(default="5m", pattern=r"^[1-9][0-9]{0,5}(s|m|h)$")
+    """How often to list the remote tags, e.g. 30s, 5m, 1h (at least 10s)."""
+
+
+class Trigger(KubeModel):
+    """Something outside the cluster that starts runs: a release tag, by webhook or by polling."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.webhook) != has(self.git)",
+                    "a trigger has exactly one of webhook or git",
+                ),
+            ]
+        }
+    }
+
+    name: Name
+    """Trigger name (unique in the Loop; part of the webhook's receiver path)."""
+    tag_pattern: str | None = Field(default=None, min_length=1, max_length=128)
+    """Which tags start runs: a glob ``v*`` or a semver range (``>=1.2.0,<2.0.0``); default: all."""
+    webhook: WebhookTrigger | None = None
+    """Runs start when a signed push or tag event arrives on the webhook receiver."""
+    git: GitPollTrigger | None = None
+    """Runs start when polling finds a new tag."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Trigger:
+        if (self.webhook is None) == (self.git is None):
+            raise ValueError(f"trigger {self.name!r} needs exactly one of webhook or git")
+        return self
+
+
 _POD_CHECKER_DIFFERS = (
     "self.checkers.all(c, c.kind != 'pod' || !has(c.template) || !("
     "c.template.spec.containers[0].image == self.maker.template.spec.containers[0].image && "
@@ -393,6 +451,12 @@ class LoopSpec(KubeModel):
                     ".stages",
                 ),
                 cel(
+                    "!has(self.triggers) || self.triggers.all(t, "
+                    "self.triggers.exists_one(u, u.name == t.name))",
+                    "trigger names must be unique",
+                    ".triggers",
+                ),
+                cel(
                     f"!has(self.schedule) || self.schedule.matches('{CRON_REGEX}')",
                     "schedule must be a cron expression of five fields (minute hour day-of-month"
                     " month day-of-week), e.g. '0 6 * * 1-5', or a macro such as @daily",
@@ -419,17 +483,21 @@ class LoopSpec(KubeModel):
     teardown: Teardown | None = None
     """A pod that runs at most once when a run ends."""
     schedule: str | None = Field(default=None, max_length=128)
-    """Cron schedule for starting runs (validated; runs are not scheduled yet: create LoopRuns)."""
+    """Cron schedule for starting runs, with CronJob's semantics (docs/automations.md)."""
     time_zone: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_+\-/]+$")
     """IANA time zone of the schedule (default UTC)."""
     suspend: bool = False
     """Start no new scheduled runs."""
     concurrency_policy: ConcurrencyPolicy = ConcurrencyPolicy.FORBID
-    """What a scheduled run does while another runs."""
+    """What a scheduled or triggered run does while another run of this Loop is active."""
+    starting_deadline_seconds: int | None = Field(default=None, ge=1)
+    """A scheduled time missed by more than this is skipped (default: never too late)."""
     successful_runs_history_limit: int = Field(default=3, ge=0, le=100)
     """Finished successful runs to keep."""
     failed_runs_history_limit: int = Field(default=3, ge=0, le=100)
     """Finished failed or halted runs to keep."""
+    triggers: list[Trigger] | None = Field(default=None, max_length=8)
+    """Release tags that start runs: by webhook or by polling a repository (docs/automations.md)."""
     notify: list[NotifyTarget] | None = Field(default=None, max_length=8)
     """Webhooks called at lifecycle points of each run (docs/notifications.md)."""
     workspace: Workspace | None = None
@@ -464,6 +532,8 @@ class LoopSpec(KubeModel):
             raise ValueError("the checker name 'drift' is reserved for the operator's drift check")
         if self.stages and len({s.name for s in self.stages}) != len(self.stages):
             raise ValueError("stage names must be unique")
+        if self.triggers and len({t.name for t in self.triggers}) != len(self.triggers):
+            raise ValueError("trigger names must be unique")
         if self.schedule is not None and not is_valid_cron(self.schedule):
             raise ValueError(f"schedule {self.schedule!r} is not a cron expression")
         return self
@@ -471,6 +541,23 @@ class LoopSpec(KubeModel):
     def memory_config_map(self, loop_name: str) -> str:
         """The ConfigMap holding this loop's memory."""
         return self.memory.config_map_name or f"{loop_name}-memory"
+
+
+class TriggerStatus(KubeModel):
+    """What one trigger last did."""
+
+    name: Name
+    """The trigger."""
+    webhook_path: str | None = None
+    """Where its webhooks go on the receiver (derived from the secret token, like Flux's)."""
+    last_tag: str | None = None
+    """Newest tag seen (polling) or accepted (webhook)."""
+    last_polled: str | None = None
+    """When the repository was last listed."""
+    recent_tags: list[str] | None = Field(default=None, max_length=50)
+    """Tags that already started a run (newest last), so a tag never runs twice."""
+    message: str | None = Field(default=None, max_length=1024)
+    """Why the trigger cannot work right now (missing Secret, unreachable remote), if so."""
 
 
 class LoopStatus(KubeModel):
@@ -484,7 +571,17 @@ class LoopStatus(KubeModel):
     """Phase of the newest LoopRun."""
     last_run_time: str | None = None
     """When the newest LoopRun started."""
+    last_successful_run: str | None = None
+    """Name of the newest LoopRun that succeeded."""
+    last_successful_time: str | None = None
+    """When it finished."""
+    last_schedule_time: str | None = None
+    """The newest scheduled time a run was started (or deliberately skipped) for."""
+    next_schedule_time: str | None = None
+    """When the schedule fires next (empty when there is no schedule or it is suspended)."""
     active: list[str] | None = None
     """LoopRuns that have not finished."""
+    triggers: list[TriggerStatus] | None = None
+    """What each trigger last did."""
     conditions: list[Condition] | None = None
     """kstatus conditions (Ready, Reconciling, Stalled)."""

@@ -1,0 +1,120 @@
+"""Start a run of a Loop for a schedule or a trigger, obeying its concurrencyPolicy."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from kloop.adapters import events
+from kloop.adapters.kube import Json, Kube, is_status, owner_reference
+from kloop.api import GROUP, VERSION
+from kloop.api.loop import ConcurrencyPolicy
+from kloop.core import names
+from kloop.core.launch import RunRequest, plan_start
+
+log = logging.getLogger("kloop.launch")
+
+ANNOTATION_ABORT_REASON = "kloop.dev/abort-reason"
+
+
+@dataclass(frozen=True)
+class LaunchOutcome:
+    """What became of a RunRequest."""
+
+    created: bool
+    existed: bool
+    aborted: tuple[str, ...]
+    why: str
+
+
+def is_finished(run: Json) -> bool:
+    """A run whose phase is final and whose teardown is over (or none)."""
+    status = run.get("status") or {}
+    if status.get("phase") not in ("Succeeded", "Failed", "Halted"):
+        return False
+    return ((status.get("teardown") or {}).get("state")) != "Running"
+
+
+async def runs_of(kube: Kube, loop: Json) -> list[Json]:
+    """Every LoopRun in the Loop's namespace whose loopRef names it (manual ones included)."""
+    meta = loop["metadata"]
+    listed = await kube.call(
+        kube.custom.list_namespaced_custom_object, GROUP, VERSION, meta["namespace"], "loopruns"
+    )
+    return [
+        r
+        for r in listed["items"]
+        if ((r.get("spec") or {}).get("loopRef") or {}).get("name") == meta["name"]
+    ]
+
+
+def new_run(loop: Json, request: RunRequest) -> Json:
+    """The LoopRun object for a request: owned by the Loop (so history pruning may delete it)."""
+    meta = loop["metadata"]
+    spec: Json = {"loopRef": {"name": meta["name"]}}
+    if request.context:
+        spec["context"] = dict(request.context)
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "LoopRun",
+        "metadata": {
+            "name": request.name,
+            "namespace": meta["namespace"],
+            "labels": {names.LABEL_LOOP: meta["name"]},
+            "annotations": dict(request.annotations),
+            "ownerReferences": [owner_reference(loop, controller=True)],
+        },
+        "spec": spec,
+    }
+
+
+async def launch(kube: Kube, loop: Json, request: RunRequest) -> LaunchOutcome:
+    """Create the requested run unless the policy says otherwise; abort runs it replaces.
+
+    A run that already exists under the request's name is never created twice (409 is success).
+    """
+    policy = ConcurrencyPolicy((loop.get("spec") or {}).get("concurrencyPolicy") or "Forbid")
+    runs = await runs_of(kube, loop)
+    if any(r["metadata"]["name"] == request.name for r in runs):
+        return LaunchOutcome(False, True, (), f"{request.name} exists already")
+    active = [r["metadata"]["name"] for r in runs if not is_finished(r)]
+    plan = plan_start(policy, active, request)
+    meta = loop["metadata"]
+    for name in plan.abort:
+        patch = {
+            "metadata": {
+                "annotations": {
+                    names.ANNOTATION_ABORT: "true",
+                    ANNOTATION_ABORT_REASON: f"replaced by {request.name}",
+                }
+            }
+        }
+        await kube.call(
+            kube.custom.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            meta["namespace"],
+            "loopruns",
+            name,
+            patch,
+        )
+        await events.record(kube, loop, "Normal", "RunReplaced", f"{name} aborted: {plan.why}")
+    if not plan.create:
+        await events.record(kube, loop, "Warning", "RunSkipped", plan.why)
+        return LaunchOutcome(False, False, plan.abort, plan.why)
+    try:
+        await kube.call(
+            kube.custom.create_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            meta["namespace"],
+            "loopruns",
+            new_run(loop, request),
+        )
+    except Exception as err:
+        if is_status(err, 409):
+            return LaunchOutcome(False, True, plan.abort, f"{request.name} exists already")
+        raise
+    log.info("run started", extra={"run": request.name, "namespace": meta["namespace"]})
+    await events.record(kube, loop, "Normal", "RunStarted", f"{request.name}: {plan.why}")
+    return LaunchOutcome(True, False, plan.abort, plan.why)
