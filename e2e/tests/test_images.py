@@ -56,7 +56,8 @@ def test_operator_image_runs_kloop_operator_as_uid_65532_on_a_read_only_root(
     core = client.CoreV1Api(api_client)
     whoami = (
         "import os, shutil, kloop, kloop.main; "
-        "print(os.getuid(), os.getgid(), kloop.__version__, os.environ['HOME'], shutil.which('git'))"
+        "print(os.getuid(), os.getgid(), kloop.__version__, os.environ['HOME'], "
+        "shutil.which('git'))"
     )
     pod = client.V1Pod(
         metadata=client.V1ObjectMeta(name="operator-image"),
