@@ -1,6 +1,7 @@
 """A bounded burst of bad webhook deliveries, as a separate process: ``python -m e2e.burst``.
 
-Sends at most ``--count`` requests within ``--seconds`` to a receiver on loopback, cycling
+Sends ``--count`` requests spread evenly over ``--seconds`` (never more, never longer: each is
+started at its slot, at most ``--concurrency`` at a time) to a receiver on loopback, cycling
 through an unknown path, an unsigned and a wrongly signed delivery on a real path, and an
 oversized one (a Content-Length of 2 MiB, of which a few bytes are sent). Prints one JSON line:
 when it started and ended (epoch seconds), how many requests it sent, and the status codes.
@@ -60,12 +61,11 @@ async def burst(url: str, count: int, seconds: float, concurrency: int) -> dict[
             await _one(host, port, request, counts)
 
     tasks = []
+    begin = time.monotonic()
     while sent < count and time.monotonic() < deadline:
-        await gate.acquire()
-        gate.release()
+        await asyncio.sleep(max(0.0, begin + sent * seconds / count - time.monotonic()))
         tasks.append(asyncio.create_task(guarded(requests[sent % len(requests)])))
         sent += 1
-        await asyncio.sleep(0)
     await asyncio.wait_for(
         asyncio.gather(*tasks), timeout=max(1.0, deadline - time.monotonic()) + 5
     )

@@ -227,7 +227,7 @@ def test_each_bad_request_kind_gets_its_status_code_and_starts_no_run(
     assert any("malformed" in m for m in refused), refused
 
 
-def test_a_burst_of_bad_requests_does_not_stop_a_good_one(
+def test_a_burst_of_bad_requests_does_not_stop_good_ones(
     api_client: client.ApiClient, namespace: str, github_trigger: str
 ) -> None:
     burst = subprocess.Popen(
@@ -235,25 +235,30 @@ def test_a_burst_of_bad_requests_does_not_stop_a_good_one(
         + ["--seconds", "10"],
         stdout=subprocess.PIPE,
     )
+    served: list[tuple[float, float, int]] = []  # (sent at, latency, status)
     try:
-        time.sleep(2)  # the burst is under way
-        sent_at = time.time()
-        answer = deliver(github_trigger, github_tag_push("v3.0.0"), str(uuid.uuid4()))
-        latency = time.time() - sent_at
+        for tag in ("v3.0.0", "v3.1.0", "v3.2.0"):
+            time.sleep(2.5)  # 2.5, 5 and 7.5 s into the 10 s burst
+            sent_at = time.time()
+            answer = deliver(github_trigger, github_tag_push(tag), str(uuid.uuid4()))
+            served.append((sent_at, time.time() - sent_at, answer.status_code))
         out, _ = burst.communicate(timeout=40)
     finally:
         if burst.poll() is None:
             burst.kill()
     summary = json.loads(out)
-    print(f"good delivery answered in {latency:.3f}s during {summary}")
-    assert summary["started"] < sent_at and sent_at + latency < summary["ended"], (
-        "the good delivery was served while the burst ran"
-    )
+    print(f"good deliveries (sent at, latency, status): {served}; burst: {summary}")
     statuses = summary["statuses"]
-    assert sum(statuses.get(code, 0) for code in ("401", "403", "404", "413")) >= 500, statuses
-    assert answer.status_code == 202, answer.text
-    assert latency < 5.0
-    assert [r["spec"]["context"]["tag"] for r in runs(api_client, namespace)] == ["v3.0.0"]
+    assert summary["sent"] == 2000
+    assert sum(statuses.get(code, 0) for code in ("401", "403", "404", "413")) >= 1900, statuses
+    for sent_at, latency, status in served:
+        assert summary["started"] < sent_at and sent_at + latency < summary["ended"], (
+            "each good delivery was served while the burst ran"
+        )
+        assert status == 202
+        assert latency < 3.0
+    tags = sorted(r["spec"]["context"]["tag"] for r in runs(api_client, namespace))
+    assert tags == ["v3.0.0", "v3.1.0", "v3.2.0"]
 
 
 @pytest.fixture
