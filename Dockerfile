@@ -1,12 +1,14 @@
 # kloop images. One Dockerfile, two targets (docs/images.md):
-#   --target operator   kloop-operator, non-root (65532), a venv and the base's Python, nothing else
+#   --target operator   kloop-operator, non-root (65532), a venv, the base's Python and git (for
+#                       git triggers: `git ls-remote`)
 #   --target kit        the agent kit for makers and checkers: python3, kloop-agent, kubectl, git,
 #                       busybox applets; non-root (65532)
 #
 # BASE and KIT_BASE are Debian (bookworm) images with python3. The defaults are Docker Hub's
 # python slim image; `make image` passes bases that mmdebstrap made on this machine, because it
-# has no registry. The kit stage installs git and busybox-static with apt when its base lacks
-# them (Docker Hub's base does; the local kit base already has them, so no network is needed).
+# has no registry. The operator stage installs git, the kit stage git and busybox-static, with
+# apt when their base lacks them (Docker Hub's base does; the local bases already have them, so
+# no network is needed).
 #
 # Wheels: when image/wheels/ holds wheels (`make wheels`), every install is --no-index from
 # them; when it is empty, pip falls back to the package index (a Docker build with network).
@@ -31,7 +33,11 @@ RUN { test -x /ctx/bin/kubectl \
 
 # --- the operator -----------------------------------------------------------------------------
 FROM ${BASE} AS operator
-RUN echo 'kloop:x:65532:65532:kloop:/home/kloop:/usr/sbin/nologin' >> /etc/passwd \
+RUN if ! command -v git >/dev/null; then \
+      apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        git ca-certificates && rm -rf /var/lib/apt/lists/*; \
+    fi \
+ && echo 'kloop:x:65532:65532:kloop:/home/kloop:/usr/sbin/nologin' >> /etc/passwd \
  && echo 'kloop:x:65532:' >> /etc/group \
  && mkdir -p /home/kloop && chown 65532:65532 /home/kloop
 COPY --from=builder /venv /venv

@@ -1,7 +1,8 @@
 """Build the Dockerfile's images with buildah, without a registry: base, wheels, build, export.
 
 - **Bases.** ``mmdebstrap --variant=minbase`` makes a Debian rootfs from the host's apt sources
-  (``python3``; the kit's base also ``git`` and ``busybox-static``), once per set of inputs,
+  (``python3`` and ``git``, which the operator's git triggers run; the kit's base also
+  ``busybox-static``), once per set of inputs,
   cached as ``~/.cache/kloop/images/<name>-<suite>-<key>.tar`` and turned into the buildah image
   ``localhost/<name>:<suite>-<key>``; the Dockerfile receives it as ``BASE`` / ``KIT_BASE``.
 - **Build context.** ``image/wheels`` gets pip, setuptools and kloop's dependencies as wheels for
@@ -68,7 +69,7 @@ class Base:
     include: tuple[str, ...]
 
 
-OPERATOR_BASE = Base("kloop-base", ("python3", "ca-certificates"))
+OPERATOR_BASE = Base("kloop-base", ("python3", "ca-certificates", "git"))
 KIT_BASE = Base("kloop-kit-base", ("python3", "ca-certificates", "git", "busybox-static"))
 
 

@@ -55,8 +55,9 @@ def test_operator_image_runs_kloop_operator_as_uid_65532_on_a_read_only_root(
 ) -> None:
     core = client.CoreV1Api(api_client)
     whoami = (
-        "import os, kloop, kloop.main; "
-        "print(os.getuid(), os.getgid(), kloop.__version__, os.environ['HOME'])"
+        "import os, shutil, kloop, kloop.main; "
+        "print(os.getuid(), os.getgid(), kloop.__version__, os.environ['HOME'], "
+        "shutil.which('git'))"
     )
     pod = client.V1Pod(
         metadata=client.V1ObjectMeta(name="operator-image"),
@@ -77,7 +78,13 @@ def test_operator_image_runs_kloop_operator_as_uid_65532_on_a_read_only_root(
     assert done.status.phase == "Succeeded", (help_log, whoami_log)
     assert help_log.startswith("usage: kloop-operator"), help_log  # the image's entrypoint
     version = oci.project_version()
-    assert whoami_log.split() == [str(NON_ROOT), str(NON_ROOT), version, "/home/kloop"]
+    assert whoami_log.split() == [
+        str(NON_ROOT),
+        str(NON_ROOT),
+        version,
+        "/home/kloop",
+        "/usr/bin/git",  # git triggers run git ls-remote
+    ]
 
 
 KIT_CHECKS = r"""

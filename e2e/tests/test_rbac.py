@@ -270,6 +270,9 @@ def test_operator_service_account_is_least_privilege(
     sa = config.new_client_from_config(config_file=str(sa_config))
     # what it needs
     assert can(sa, "watch", "loopruns", GROUP)
+    assert can(sa, "watch", "loops", GROUP), "triggers follow each Loop's spec.triggers"
+    assert can(sa, "create", "loopruns", GROUP, namespace=namespace), "runs triggers start"
+    assert can(sa, "patch", "loopruns", GROUP, namespace=namespace), "Replace aborts a run"
     assert can(sa, "update", "loopruns", GROUP, subresource="status", namespace=namespace)
     assert can(sa, "create", "pods", namespace=namespace)
     assert can(sa, "list", "secrets", namespace=namespace), "target clusters, own namespace"
@@ -293,9 +296,7 @@ def test_operator_service_account_is_least_privilege(
         ("update", "loops", GROUP),
         ("patch", "loops", GROUP),
         ("delete", "loops", GROUP),
-        ("create", "loopruns", GROUP),
         ("update", "loopruns", GROUP),
-        ("patch", "loopruns", GROUP),
         ("delete", "loopruns", GROUP),
         ("create", "customresourcedefinitions", "apiextensions.k8s.io"),
         ("update", "customresourcedefinitions", "apiextensions.k8s.io"),

@@ -38,6 +38,15 @@ def main(argv: list[str] | None = None) -> int:
         help="serve Prometheus metrics on this port, e.g. 8080 (default 0: off)",
     )
     parser.add_argument(
+        "--webhook-port",
+        type=int,
+        default=int(os.environ.get("KLOOP_WEBHOOK_PORT", "0")),
+        help=(
+            "receive release webhooks (GitHub, GitLab, generic) on this port, e.g. 9292 "
+            "(env KLOOP_WEBHOOK_PORT; default 0: off; see docs/automations.md)"
+        ),
+    )
+    parser.add_argument(
         "--health",
         default=os.environ.get("KLOOP_HEALTH_ENDPOINT"),
         help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz (default: none)",
@@ -51,15 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         ],
         metavar="CIDR",
         help=(
-            "let requests made for Loop authors (HTTP oracles) reach this range even if it is "
-            "loopback, link-local or unspecified (repeatable; env KLOOP_ALLOW_EGRESS_CIDRS, "
-            "comma-separated); default: none"
+            "let requests made for Loop authors (HTTP oracles, git triggers) reach this range "
+            "even if it is loopback, link-local or unspecified (repeatable; env "
+            "KLOOP_ALLOW_EGRESS_CIDRS, comma-separated); default: none"
         ),
     )
     parser.add_argument("--log-level", default=os.environ.get("KLOOP_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     logs.configure(args.log_level)
-    from kloop import handlers  # noqa: F401  (registers the kopf handlers)
+    from kloop import handlers, triggers  # noqa: F401  (registers the kopf handlers)
 
     if args.metrics_port:
         metrics.serve(args.metrics_port)
@@ -70,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             clusterwide=not args.namespace,
             namespaces=args.namespace,
             liveness_endpoint=args.health,
-            memo=kopf.Memo(egress=EgressGuard(tuple(args.allow_egress_cidr))),
+            memo=kopf.Memo(
+                egress=EgressGuard(tuple(args.allow_egress_cidr)),
+                webhook_port=args.webhook_port,
+            ),
         )
     )
     return 0

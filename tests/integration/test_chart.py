@@ -56,6 +56,27 @@ def test_default_render_runs_a_hardened_operator_with_probes_on_the_health_port(
     assert not kinds & {"ServiceMonitor", "PrometheusRule", "ConfigMap"}
 
 
+def test_the_webhook_receiver_is_off_by_default_and_gets_a_port_and_service_when_set() -> None:
+    def operator(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+        pod = objects[("Deployment", "kloop")]["spec"]["template"]["spec"]
+        container: dict[str, Any] = pod["containers"][0]
+        return container
+
+    default = _render()
+    assert "--webhook-port" not in operator(default)["args"]
+    assert "webhook" not in {p["name"] for p in operator(default)["ports"]}
+    assert ("Service", "kloop-webhook") not in default
+    on = _render("webhookReceiver.port=9292", "webhookReceiver.service.enabled=true")
+    args = operator(on)["args"]
+    assert args[args.index("--webhook-port") + 1] == "9292"
+    assert {"name": "webhook", "containerPort": 9292, "protocol": "TCP"} in operator(on)["ports"]
+    service = on[("Service", "kloop-webhook")]["spec"]
+    assert service["ports"] == [
+        {"name": "webhook", "port": 80, "targetPort": "webhook", "protocol": "TCP"}
+    ]
+    assert ("Service", "kloop-webhook") not in _render("webhookReceiver.service.enabled=true")
+
+
 def test_monitoring_objects_ship_the_checked_rules_file_and_dashboard_verbatim() -> None:
     objects = _render(
         "metrics.serviceMonitor.enabled=true",
