@@ -272,6 +272,10 @@ def test_operator_service_account_is_least_privilege(
     assert can(sa, "watch", "loopruns", GROUP)
     assert can(sa, "update", "loopruns", GROUP, subresource="status", namespace=namespace)
     assert can(sa, "create", "pods", namespace=namespace)
+    assert can(sa, "watch", "loops", GROUP), "the Loop controller (schedules, history)"
+    assert can(sa, "create", "loopruns", GROUP, namespace=namespace), "scheduled runs"
+    assert can(sa, "patch", "loopruns", GROUP, namespace=namespace), "Replace aborts a run"
+    assert can(sa, "delete", "loopruns", GROUP, namespace=namespace), "history limits"
     assert can(sa, "list", "secrets", namespace=namespace), "target clusters, own namespace"
     assert can(sa, "create", "secrets", namespace="team-a"), "minted kubeconfigs, run namespace"
     assert can(sa, "delete", "secrets", namespace="team-a"), "... deleted when the pod ends"
@@ -293,10 +297,7 @@ def test_operator_service_account_is_least_privilege(
         ("update", "loops", GROUP),
         ("patch", "loops", GROUP),
         ("delete", "loops", GROUP),
-        ("create", "loopruns", GROUP),
         ("update", "loopruns", GROUP),
-        ("patch", "loopruns", GROUP),
-        ("delete", "loopruns", GROUP),
         ("create", "customresourcedefinitions", "apiextensions.k8s.io"),
         ("update", "customresourcedefinitions", "apiextensions.k8s.io"),
         ("create", "clusterrolebindings", "rbac.authorization.k8s.io"),

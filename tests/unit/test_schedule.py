@@ -1,4 +1,4 @@
-"""When a schedule is due (kloop.core.schedule): CronJob's missed-start rules and cron's DST rules."""
+"""When a schedule is due (kloop.core.schedule): CronJob's missed starts, cron's DST rules."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ BERLIN = "Europe/Berlin"
 
 
 def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+    return datetime(*args, tzinfo=UTC)  # type: ignore[arg-type,misc]
 
 
 def test_nothing_is_due_before_the_first_scheduled_time() -> None:

@@ -1,5 +1,4 @@
-"""A Loop's pass, pure: its runs and the time -> the run its schedule starts, the runs its
-history limits delete, and its status.
+"""A Loop's pass, pure: its runs and the time -> the run to start, the runs to delete, status.
 
 The Loop controller (``kloop/loops.py``) is the one writer of the status fields computed here;
 ``status.triggers`` belongs to the trigger code and is never part of the patch.
