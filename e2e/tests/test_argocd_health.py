@@ -85,7 +85,6 @@ def _phase_is(api: client.ApiClient, namespace: str, run: str, phase: str) -> Js
 
 def _with_run(api: client.ApiClient, namespace: str, name: str, phase: str) -> Json | None:
     """The Loop once its columns show its newest run in ``phase`` (written after the run's pass)."""
-
     obj = _get_loop(api, namespace, name)
     status = obj.get("status") or {}
     return obj if status.get("lastRun") and status.get("phase") == phase else None
