@@ -83,9 +83,11 @@ def _phase_is(api: client.ApiClient, namespace: str, run: str, phase: str) -> Js
     return obj if (obj.get("status") or {}).get("phase") == phase else None
 
 
-def _with_run(api: client.ApiClient, namespace: str, name: str) -> Json | None:
+def _with_run(api: client.ApiClient, namespace: str, name: str, phase: str) -> Json | None:
+    """The Loop once its columns show its newest run in ``phase`` (written after the run's pass)."""
     obj = _get_loop(api, namespace, name)
-    return obj if (obj.get("status") or {}).get("lastRun") else None
+    status = obj.get("status") or {}
+    return obj if status.get("lastRun") and status.get("phase") == phase else None
 
 
 def _fixture(obj: Json) -> Json:
@@ -160,5 +162,8 @@ def test_lua_health_matches_every_phase_of_real_runs(
         ("gated", "Suspended", "Newest run gated: AwaitingApproval"),
         ("unsure", "Suspended", "Newest run unsure: Paused"),
     ]:
-        obj = wait_for(f"loop {loop}'s columns", partial(_with_run, api_client, ns, loop), 30)
+        phase = message.rsplit(": ", 1)[1]
+        obj = wait_for(
+            f"loop {loop}'s columns", partial(_with_run, api_client, ns, loop, phase), 30
+        )
         _check(f"loop-{loop}", LOOP_SCRIPT, obj, status, message)

@@ -270,11 +270,12 @@ def test_operator_service_account_is_least_privilege(
     sa = config.new_client_from_config(config_file=str(sa_config))
     # what it needs
     assert can(sa, "watch", "loopruns", GROUP)
-    assert can(sa, "watch", "loops", GROUP), "triggers follow each Loop's spec.triggers"
-    assert can(sa, "create", "loopruns", GROUP, namespace=namespace), "runs triggers start"
-    assert can(sa, "patch", "loopruns", GROUP, namespace=namespace), "Replace aborts a run"
     assert can(sa, "update", "loopruns", GROUP, subresource="status", namespace=namespace)
     assert can(sa, "create", "pods", namespace=namespace)
+    assert can(sa, "watch", "loops", GROUP), "the Loop controller, triggers"
+    assert can(sa, "create", "loopruns", GROUP, namespace=namespace), "scheduled and triggered runs"
+    assert can(sa, "patch", "loopruns", GROUP, namespace=namespace), "Replace aborts a run"
+    assert can(sa, "delete", "loopruns", GROUP, namespace=namespace), "history limits"
     assert can(sa, "list", "secrets", namespace=namespace), "target clusters, own namespace"
     assert can(sa, "create", "secrets", namespace="team-a"), "minted kubeconfigs, run namespace"
     assert can(sa, "delete", "secrets", namespace="team-a"), "... deleted when the pod ends"
@@ -297,7 +298,6 @@ def test_operator_service_account_is_least_privilege(
         ("patch", "loops", GROUP),
         ("delete", "loops", GROUP),
         ("update", "loopruns", GROUP),
-        ("delete", "loopruns", GROUP),
         ("create", "customresourcedefinitions", "apiextensions.k8s.io"),
         ("update", "customresourcedefinitions", "apiextensions.k8s.io"),
         ("create", "clusterrolebindings", "rbac.authorization.k8s.io"),

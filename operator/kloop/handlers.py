@@ -19,6 +19,7 @@ from typing import Any
 
 import kopf
 
+from kloop import loops
 from kloop.adapters import errors
 from kloop.adapters.apply import PermanentWriteError, apply
 from kloop.adapters.egress import EgressGuard
@@ -156,13 +157,24 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str, uid: str)
 
 @kopf.on.event(GROUP, VERSION, "loopruns")
 async def run_event(
-    *, type: str | None, name: str, namespace: str | None, uid: str, memo: Any, **_: Any
+    *,
+    type: str | None,
+    name: str,
+    namespace: str | None,
+    uid: str,
+    spec: Any,
+    memo: Any,
+    **_: Any,
 ) -> None:
     """Start a task for a run (new, or found at startup); wake it on changes.
 
     Finished runs get one pass too: it completes whatever a crash interrupted (memory, pods
-    left running, the Loop's columns) and ends at once.
+    left running) and ends at once. Every event also wakes the run's Loop (kloop/loops.py),
+    which keeps the Loop's status and history.
     """
+    loop_ref = ((spec or {}).get("loopRef") or {}).get("name")
+    if loop_ref:
+        loops.wake(namespace or "", loop_ref)
     driver = _drivers.get(uid)
     if type == "DELETED":
         if driver is not None:

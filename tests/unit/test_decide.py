@@ -403,9 +403,15 @@ def test_pod_rejected_by_the_apiserver_fails_the_run_with_its_message() -> None:
 
 
 def test_accepted_but_inert_fields_are_announced_with_a_warning() -> None:
-    d = decide(observe(spec=loop_spec(schedule="@daily")))
+    d = decide(observe(spec=loop_spec(connectors=[{"name": "gh", "mcp": {"url": "http://x"}}])))
     warnings = [a for a in d.actions if isinstance(a, RecordEvent) and a.reason == "NotImplemented"]
-    assert warnings and "schedule" in warnings[0].message
+    assert warnings and "connectors" in warnings[0].message
+
+
+def test_schedules_and_history_limits_are_no_longer_announced_as_inert() -> None:
+    spec = loop_spec(schedule="@daily", concurrencyPolicy="Replace", failedRunsHistoryLimit=1)
+    d = decide(observe(spec=spec))
+    assert not [a for a in d.actions if isinstance(a, RecordEvent) and a.reason == "NotImplemented"]
 
 
 def test_a_finished_run_creates_nothing_when_decided_again() -> None:

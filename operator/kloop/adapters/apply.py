@@ -1,9 +1,10 @@
 """Carry out a Decision: status first (optimistic concurrency), then the actions, in order.
 
 Order: status, Events, memory (then a one-field status patch, ``memoryRecordedThrough``), pods,
-oracles, the Loop's columns. Writing status before side effects means a crash in between only
-repeats idempotent actions (pods and ConfigMaps have deterministic names; memory appends are keyed
-by run uid and iteration).
+oracles. The Loop's status (its LAST RUN / PHASE columns) is written by the Loop controller
+(``kloop/loops.py``) alone, woken by this run's events. Writing status before side effects
+means a crash in between only repeats idempotent actions (pods and ConfigMaps have deterministic
+names; memory appends are keyed by run uid and iteration).
 """
 
 from __future__ import annotations
@@ -566,27 +567,6 @@ def _measure_drift(kube: Kube, snap: Snapshot, action: MeasureDrift, caches: Cac
     caches.pending[pending] = asyncio.create_task(run(), name=f"drift {key}")
 
 
-async def update_loop_status(kube: Kube, snap: Snapshot, decision: Decision) -> None:
-    """Keep the Loop's LAST RUN / PHASE columns current (a status merge patch; never the spec)."""
-    if snap.loop is None or decision.status.phase is None:
-        return
-    wanted = {
-        "lastRun": snap.run["metadata"]["name"],
-        "phase": decision.status.phase.value,
-        "lastRunTime": decision.status.started_at,
-    }
-    current = snap.loop.get("status") or {}
-    if all(current.get(k) == v for k, v in wanted.items()):
-        return
-    if current.get("lastRunTime") and (wanted["lastRunTime"] or "") < current["lastRunTime"]:
-        return  # a newer run owns the columns
-    meta = snap.loop["metadata"]
-    try:
-        await kube.patch_status(meta["namespace"], "loops", meta["name"], {"status": wanted})
-    except Exception as err:  # noqa: BLE001 - the Loop's columns never hold a run back
-        log.warning("could not update the Loop's status: %s", err)
-
-
 def _notify(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) -> None:
     """Queue the notifications this status write caused (delivered in the background)."""
     spec = snap.observed.loop.spec
@@ -639,7 +619,6 @@ async def apply(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) 
             await _forget_placed(snap, pod, where, caches)
         except Exception as err:  # noqa: BLE001 - retried on a later pass
             failed.append(err)
-    await update_loop_status(kube, snap, decision)
     if failed:
         raise failed[0]
     return True

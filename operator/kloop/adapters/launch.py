@@ -11,6 +11,7 @@ from kloop.api import GROUP, VERSION
 from kloop.api.loop import ConcurrencyPolicy
 from kloop.core import names
 from kloop.core.launch import RunRequest, plan_start
+from kloop.core.loops import run_finished
 
 log = logging.getLogger("kloop.launch")
 
@@ -27,12 +28,8 @@ class LaunchOutcome:
     why: str
 
 
-def is_finished(run: Json) -> bool:
-    """A run whose phase is final and whose teardown is over (or none)."""
-    status = run.get("status") or {}
-    if status.get("phase") not in ("Succeeded", "Failed", "Halted"):
-        return False
-    return ((status.get("teardown") or {}).get("state")) != "Running"
+is_finished = run_finished
+"""A run whose phase is final and whose teardown is over (or none)."""
 
 
 async def runs_of(kube: Kube, loop: Json) -> list[Json]:

@@ -74,6 +74,15 @@ class Reason(StrEnum):
     STATUS_REJECTED = "StatusRejected"
     MEMORY_REJECTED = "MemoryRejected"
     RETRYING = "RetryingAfterError"
+    # the Loop (its Ready condition and the Events of its schedule and history)
+    LOOP_READY = "LoopReady"
+    SCHEDULED = "Scheduled"
+    SUSPENDED = "Suspended"
+    INVALID_SCHEDULE = "InvalidSchedule"
+    INVALID_TIME_ZONE = "InvalidTimeZone"
+    MISSED_SCHEDULE = "MissedSchedule"
+    TOO_MANY_MISSED_STARTS = "TooManyMissedStarts"
+    RUN_DELETED = "RunDeleted"
 
 
 class ConditionStatus(StrEnum):

@@ -74,12 +74,12 @@ def summarize(
     """Replace ``s.conditions`` with the conditions its phase (and a stall reason) imply."""
     previous = {c.type: c for c in s.conditions}
     s.conditions = [
-        _condition(previous, ctype, status, str(reason), message, generation, now)
+        build_condition(previous, ctype, status, str(reason), message, generation, now)
         for ctype, (status, reason, message) in _desired(s, stall_reason).items()
     ]
 
 
-def _condition(
+def build_condition(
     previous: dict[str, Condition],
     ctype: ConditionType,
     status: ConditionStatus,
@@ -123,7 +123,7 @@ def retrying(
     kept = [c for c in s.conditions if c.type not in {t.value for t in wanted}]
     previous = {c.type: c for c in s.conditions}
     added = [
-        _condition(previous, ctype, T, Reason.RETRYING.value, text, generation, now)
+        build_condition(previous, ctype, T, Reason.RETRYING.value, text, generation, now)
         for ctype, text in wanted.items()
     ]
     return kept + added

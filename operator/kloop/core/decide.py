@@ -196,24 +196,11 @@ def _start(p: Pass, spec: LoopSpec, limits: Limits, plan: list[StagePlan]) -> No
 
 def _not_yet_supported(spec: LoopSpec) -> list[str]:
     """Fields the API accepts that this version does not act on: said aloud, not ignored."""
-    inert = [
+    return [
         name
-        for name, value in (
-            ("workspace", spec.workspace),
-            ("connectors", spec.connectors),
-            ("schedule", spec.schedule),
-        )
+        for name, value in (("workspace", spec.workspace), ("connectors", spec.connectors))
         if value
     ]
-    defaults = LoopSpec.model_fields
-    for name, alias in (
-        ("concurrency_policy", "concurrencyPolicy"),
-        ("successful_runs_history_limit", "successfulRunsHistoryLimit"),
-        ("failed_runs_history_limit", "failedRunsHistoryLimit"),
-    ):
-        if getattr(spec, name) != defaults[name].default:
-            inert.append(alias)
-    return inert
 
 
 def _pinned_plan(plan: list[StagePlan], s: LoopRunStatus) -> list[StagePlan] | None:

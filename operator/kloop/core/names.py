@@ -15,6 +15,8 @@ ANNOTATION_APPROVE = "kloop.dev/approve"
 # the user who set kloop.dev/approve; the admission policy checks it is the requester
 ANNOTATION_APPROVED_BY = "kloop.dev/approved-by"
 ANNOTATION_ABORT = "kloop.dev/abort"
+# on runs a schedule started: the scheduled time (RFC 3339, UTC)
+ANNOTATION_SCHEDULED_AT = "kloop.dev/scheduled-at"
 ANNOTATION_RESUME = "kloop.dev/resume"
 ANNOTATION_RESUMED_BY = "kloop.dev/resumed-by"
 # on agent pods of a remote target: the uid of their kubeconfig Secret (so only that Secret is
