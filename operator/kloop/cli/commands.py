@@ -404,6 +404,7 @@ def logs(
                 text = cluster.pod_log(pod["metadata"]["name"], container)
             except CliError as error:
                 text = f"(no log: {error})\n"
+            text = text or "(empty log)\n"
             sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
         sys.stdout.flush()
 

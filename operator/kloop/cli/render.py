@@ -106,13 +106,11 @@ def loops_table(loops: list[Json], now: datetime) -> Table:
     return table
 
 
-def usage_text(st: Json) -> str:
+def usage_text(st: Json, wall: bool = True) -> str:
     """Tokens, cost and wall time, e.g. ``200 tokens, $0.0200, 12s``."""
     usage = st.get("usage") or {}
-    return (
-        f"{usage.get('tokens', 0)} tokens, ${usage.get('costUSD', 0.0):.4f}, "
-        f"{usage.get('wallSeconds', 0.0):.0f}s"
-    )
+    text = f"{usage.get('tokens', 0)} tokens, ${usage.get('costUSD', 0.0):.4f}"
+    return f"{text}, {usage.get('wallSeconds', 0.0):.0f}s" if wall else text
 
 
 def runs_table(runs: list[Json], now: datetime) -> Table:
@@ -164,7 +162,7 @@ def _maker(record: Json) -> Text:
 
 def iterations_table(run: Json) -> Table:
     """The iteration history: stage, cluster, maker summary, verdicts, decision and why."""
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", title_justify="left")
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, header_style="bold")
     for column in ("#", "STAGE", "CLUSTER", "MAKER", "VERDICTS", "DECISION", "WHY"):
         table.add_column(column, overflow="fold")
     for record in (run.get("status") or {}).get("iterations") or []:
@@ -183,7 +181,7 @@ def iterations_table(run: Json) -> Table:
 
 def stages_table(run: Json) -> Table:
     """Each stage and each of its clusters: state, iterations, why it ended, who approved."""
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold")
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, header_style="bold")
     for column in ("STAGE", "STATE", "CLUSTER", "CLUSTER STATE", "ITERATIONS", "DETAIL"):
         table.add_column(column, overflow="fold")
     for stage in (run.get("status") or {}).get("stages") or []:
@@ -249,7 +247,7 @@ def describe_run(run: Json) -> RenderableType:
         ]
     )
     parts: list[RenderableType] = [facts, Text("\nStages", style="bold"), stages_table(run)]
-    parts.append(Text("Iterations", style="bold"))
+    parts.append(Text("\nIterations", style="bold"))
     if earlier.get("iterations"):
         parts.append(
             Text(
@@ -266,12 +264,15 @@ def describe_run(run: Json) -> RenderableType:
 
 
 def progress_line(run: Json) -> str:
-    """One line per change while watching without a terminal (logs, CI)."""
+    """One line per change while watching without a terminal (logs, CI).
+
+    Without the wall time, which changes at every poll.
+    """
     st = run.get("status") or {}
     return (
         f"{run['metadata']['name']}: {st.get('phase') or 'Pending'} "
         f"stage={st.get('stage') or '-'} iteration={st.get('iteration', 0)} "
-        f"verdict={st.get('lastVerdict') or '-'} {usage_text(st)}"
+        f"verdict={st.get('lastVerdict') or '-'} {usage_text(st, wall=False)}"
         + (f" | {st['message']}" if st.get("message") else "")
     )
 
