@@ -249,7 +249,8 @@ def test_a_burst_of_bad_requests_does_not_stop_good_ones(
     summary = json.loads(out)
     print(f"good deliveries (sent at, latency, status): {served}; burst: {summary}")
     statuses = summary["statuses"]
-    assert summary["sent"] == 2000
+    # the burst never outlasts its 10 s: on a loaded machine its last few slots may not fit
+    assert summary["sent"] >= 1950, summary
     assert sum(statuses.get(code, 0) for code in ("401", "403", "404", "413")) >= 1900, statuses
     for sent_at, latency, status in served:
         assert summary["started"] < sent_at and sent_at + latency < summary["ended"], (

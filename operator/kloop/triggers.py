@@ -86,8 +86,8 @@ class Triggers:
         meta = loop["metadata"]
         key = (meta["namespace"], meta["name"])
         self.loops[key] = loop
+        self._sync_pollers(loop)  # first: no API call, so an apiserver error cannot skip it
         await self._sync_webhooks(loop, force=False)
-        self._sync_pollers(loop)
 
     def forget(self, namespace: str, name: str) -> None:
         """A Loop was deleted: drop its paths and stop its pollers."""

@@ -15,6 +15,7 @@ from kloop.core.triggers import (
     TriggerChange,
     interval_seconds,
     next_poll_delay,
+    poll_failed,
     run_request,
     updated,
 )
@@ -120,6 +121,17 @@ def test_the_first_poll_records_a_baseline_and_starts_nothing() -> None:
     assert (p.start, p.last_tag) == ((), "v2.0.0")
     p = plan(first_poll=True, last_tag=None, pattern="release-*")
     assert (p.start, p.last_tag) == ((), None)
+
+
+def test_a_failed_first_poll_leaves_the_baseline_to_the_first_poll_that_works() -> None:
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    first = updated(None, ["r"], "r", poll_failed({}, "Secret git not found", at))
+    assert first == [{"name": "r", "message": "Secret git not found"}]
+    (entry,) = first
+    p = plan(first_poll=not entry.get("lastPolled"), last_tag=entry.get("lastTag"))
+    assert (p.start, p.last_tag) == ((), "v2.0.0"), "a baseline, not a run per existing tag"
+    later = poll_failed({"lastPolled": "2026-01-01T00:00:00Z"}, "unreachable", at)
+    assert later.last_polled == at, "after the baseline, failed polls keep the rhythm"
 
 
 def test_after_an_empty_baseline_every_matching_tag_is_new() -> None:

@@ -211,7 +211,8 @@ async def poll_once(
             log.warning(
                 error, extra={"loop": loop_name, "namespace": namespace, "trigger": trigger}
             )
-            await write_status(kube, loop, trigger, TriggerChange(last_polled=now(), message=error))
+            change = triggers.poll_failed(status_entry(loop, trigger), error, now())
+            await write_status(kube, loop, trigger, change)
             return
         await _start_new_tags(kube, loop, trigger, spec, listed, where, now())
 
@@ -241,7 +242,7 @@ async def _start_new_tags(
             busy=busy,
         )
     except tags.PatternError as err:
-        await write_status(kube, loop, trigger, TriggerChange(last_polled=at, message=str(err)))
+        await write_status(kube, loop, trigger, triggers.poll_failed(entry, str(err), at))
         return
     ctx = {"loop": loop["metadata"]["name"], "namespace": loop["metadata"]["namespace"]}
     log.info("polled %s: %s", where, plan.why, extra={**ctx, "trigger": trigger})

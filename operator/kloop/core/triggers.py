@@ -51,6 +51,16 @@ class TriggerChange:
     clear_message: bool = False
 
 
+def poll_failed(current: Mapping[str, Any], message: str, at: datetime) -> TriggerChange:
+    """What a poll that could not list or match the tags records: why, and when if baselined.
+
+    ``lastPolled`` also marks the baseline as taken (``tags.plan_poll``'s ``first_poll``), so a
+    failed first poll leaves it unset: else the first poll that works would find no baseline
+    and start a run for every tag the repository already has.
+    """
+    return TriggerChange(last_polled=at if current.get("lastPolled") else None, message=message)
+
+
 def entry(statuses: Iterable[Mapping[str, Any]] | None, name: str) -> Json:
     """The status.triggers entry of one trigger (empty when it has none yet)."""
     return next((dict(s) for s in statuses or [] if s.get("name") == name), {})
