@@ -13,9 +13,11 @@ from kloop.core import tags, webhooks
 from kloop.core.launch import tag_run_name
 from kloop.core.triggers import (
     TriggerChange,
+    baselined,
     interval_seconds,
     next_poll_delay,
     poll_failed,
+    poll_source,
     run_request,
     updated,
 )
@@ -125,13 +127,28 @@ def test_the_first_poll_records_a_baseline_and_starts_nothing() -> None:
 
 def test_a_failed_first_poll_leaves_the_baseline_to_the_first_poll_that_works() -> None:
     at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    first = updated(None, ["r"], "r", poll_failed({}, "Secret git not found", at))
+    source = poll_source("http://git.example/app.git", "v*")
+    first = updated(None, ["r"], "r", poll_failed({}, "Secret git not found", at, source))
     assert first == [{"name": "r", "message": "Secret git not found"}]
     (entry,) = first
-    p = plan(first_poll=not entry.get("lastPolled"), last_tag=entry.get("lastTag"))
+    p = plan(first_poll=not baselined(entry, source), last_tag=entry.get("lastTag"))
     assert (p.start, p.last_tag) == ((), "v2.0.0"), "a baseline, not a run per existing tag"
-    later = poll_failed({"lastPolled": "2026-01-01T00:00:00Z"}, "unreachable", at)
+    polled = {"lastPolled": "2026-01-01T00:00:00Z", "source": source}
+    later = poll_failed(polled, "unreachable", at, source)
     assert later.last_polled == at, "after the baseline, failed polls keep the rhythm"
+
+
+def test_a_trigger_pointed_at_another_repository_or_pattern_takes_a_new_baseline() -> None:
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    old = poll_source("http://git.example/app.git", "v*")
+    new = poll_source("http://git.example/app.git", "release-*")
+    assert old != new != poll_source("http://git.example/other.git", "v*")
+    entry = {"lastPolled": "2026-01-01T00:00:00Z", "lastTag": "v2.0.0", "source": old}
+    assert baselined(entry, old)
+    assert not baselined(entry, new), "release-* tags all sort after v2.0.0: re-baseline"
+    assert poll_failed(entry, "unreachable", at, new).last_polled is None
+    (stored,) = updated([entry], ["r"], "r", TriggerChange(source=new, last_polled=at))
+    assert baselined(stored, new)
 
 
 def test_after_an_empty_baseline_every_matching_tag_is_new() -> None:
@@ -360,3 +377,13 @@ def test_polling_intervals_and_the_rhythm_after_a_restart() -> None:
     assert next_poll_delay(300, "2026-01-01T00:08:00Z", now) == 180
     assert next_poll_delay(300, "2026-01-01T00:00:00Z", now) == 0
     assert next_poll_delay(300, "2026-01-01T00:20:00Z", now) == 300  # clock skew: one interval
+
+
+def test_an_all_digit_tag_never_takes_the_name_of_a_scheduled_run() -> None:
+    from kloop.core.launch import scheduled_run_name
+
+    minute = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
+    digits = str(int(minute.timestamp()) // 60)
+    assert tag_run_name("app", digits) != scheduled_run_name("app", minute)
+    assert tag_run_name("app", digits).startswith(f"app-tag-{digits}-")
+    assert tag_run_name("app", "release-7") == "app-release-7", "clean tags keep their name"

@@ -211,7 +211,8 @@ async def poll_once(
             log.warning(
                 error, extra={"loop": loop_name, "namespace": namespace, "trigger": trigger}
             )
-            change = triggers.poll_failed(status_entry(loop, trigger), error, now())
+            source = triggers.poll_source(git["url"], spec.get("tagPattern"))
+            change = triggers.poll_failed(status_entry(loop, trigger), error, now(), source)
             await write_status(kube, loop, trigger, change)
             return
         await _start_new_tags(kube, loop, trigger, spec, listed, where, now())
@@ -227,6 +228,8 @@ async def _start_new_tags(
     at: datetime,
 ) -> None:
     entry = status_entry(loop, trigger)
+    source = triggers.poll_source(spec["git"]["url"], spec.get("tagPattern"))
+    base = triggers.baselined(entry, source)
     policy = _policy(loop)
     busy = False
     if policy is ConcurrencyPolicy.FORBID:
@@ -235,18 +238,18 @@ async def _start_new_tags(
         plan = tags.plan_poll(
             listed,
             spec.get("tagPattern"),
-            first_poll=not entry.get("lastPolled"),
-            last_tag=entry.get("lastTag"),
+            first_poll=not base,
+            last_tag=entry.get("lastTag") if base else None,
             already_run=entry.get("recentTags") or [],
             policy=policy,
             busy=busy,
         )
     except tags.PatternError as err:
-        await write_status(kube, loop, trigger, triggers.poll_failed(entry, str(err), at))
+        await write_status(kube, loop, trigger, triggers.poll_failed(entry, str(err), at, source))
         return
     ctx = {"loop": loop["metadata"]["name"], "namespace": loop["metadata"]["namespace"]}
     log.info("polled %s: %s", where, plan.why, extra={**ctx, "trigger": trigger})
-    if not entry.get("lastPolled"):
+    if not base:
         await events.record(
             kube,
             loop,
@@ -284,5 +287,6 @@ async def _start_new_tags(
             recent_tags=recent if recent else None,
             message=message,
             clear_message=message is None,
+            source=source,
         ),
     )

@@ -554,6 +554,8 @@ class TriggerStatus(KubeModel):
     """Newest tag seen (polling) or accepted (webhook)."""
     last_polled: str | None = None
     """When the repository was last listed."""
+    source: str | None = Field(default=None, max_length=64)
+    """Fingerprint of the url and tagPattern the polling baseline was taken for."""
     recent_tags: list[str] | None = Field(default=None, max_length=50)
     """Tags that already started a run (newest last), so a tag never runs twice."""
     message: str | None = Field(default=None, max_length=1024)

@@ -86,5 +86,8 @@ def scheduled_run_name(loop: str, scheduled: datetime) -> str:
 
 
 def tag_run_name(loop: str, tag: str) -> str:
-    """A run per tag: ``<loop>-<tag>`` (hashed when the tag is not already a clean name)."""
-    return run_name(loop, tag)
+    """A run per tag: ``<loop>-<tag>`` (hashed when the tag is not already a clean name).
+
+    An all-digit tag is hashed too, so it can never take the name of a scheduled run.
+    """
+    return run_name(loop, f"tag:{tag}" if tag.isdigit() else tag)

@@ -7,6 +7,7 @@ and a restarted operator or a re-delivered webhook finds that run instead of mak
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,16 +50,34 @@ class TriggerChange:
     recent_tags: Sequence[str] | None = None
     message: str | None = None
     clear_message: bool = False
+    source: str | None = None
 
 
-def poll_failed(current: Mapping[str, Any], message: str, at: datetime) -> TriggerChange:
+def poll_source(url: str, pattern: str | None) -> str:
+    """A fingerprint of what a polling baseline was taken for: the repository and the pattern.
+
+    Recorded as status.triggers[].source: a trigger pointed at another repository or pattern
+    takes a new baseline instead of comparing the new tags with a lastTag from elsewhere (which
+    would start a run for every tag that happens to sort after it).
+    """
+    return hashlib.sha256(f"{url}\n{pattern or ''}".encode()).hexdigest()[:16]
+
+
+def baselined(current: Mapping[str, Any], source: str) -> bool:
+    """Whether a poll of ``source`` already took its baseline (``lastPolled`` marks it)."""
+    return bool(current.get("lastPolled")) and current.get("source") == source
+
+
+def poll_failed(
+    current: Mapping[str, Any], message: str, at: datetime, source: str
+) -> TriggerChange:
     """What a poll that could not list or match the tags records: why, and when if baselined.
 
     ``lastPolled`` also marks the baseline as taken (``tags.plan_poll``'s ``first_poll``), so a
     failed first poll leaves it unset: else the first poll that works would find no baseline
     and start a run for every tag the repository already has.
     """
-    return TriggerChange(last_polled=at if current.get("lastPolled") else None, message=message)
+    return TriggerChange(last_polled=at if baselined(current, source) else None, message=message)
 
 
 def entry(statuses: Iterable[Mapping[str, Any]] | None, name: str) -> Json:
@@ -86,6 +105,8 @@ def updated(
         mine["lastPolled"] = change.last_polled.strftime("%Y-%m-%dT%H:%M:%SZ")
     if change.recent_tags is not None:
         mine["recentTags"] = list(change.recent_tags)
+    if change.source is not None:
+        mine["source"] = change.source
     if change.message is not None:
         mine["message"] = change.message[:1024]
     elif change.clear_message:
