@@ -151,7 +151,7 @@ def _crd(
     plural: str,
     short: str,
     schema: Schema,
-    columns: list[dict[str, str]],
+    columns: list[dict[str, str | int]],
     scope: str = "Namespaced",
 ) -> Schema:
     has_status = "status" in schema["properties"]
