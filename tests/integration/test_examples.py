@@ -33,6 +33,10 @@ def test_examples_apply_and_show_printer_columns(
     for column in ("LAST RUN", "PHASE", "SCHEDULE", "STAGE", "ITERATION", "VERDICT", "TOKENS"):
         assert column in table
     assert "0 6 * * 1-5" in table
+    loops = kubectl(cluster, "get", "-n", namespace, "loops").splitlines()
+    assert loops[0].split()[4:7] == ["SCHEDULE", "SUSPEND", "READY"], loops[0]
+    wide = kubectl(cluster, "get", "-n", namespace, "loops", "-o", "wide").splitlines()[0]
+    assert "LAST SCHEDULE" in wide and "NEXT SCHEDULE" in wide, wide
     short = kubectl(cluster, "get", "-n", namespace, "lp,lr", "-o", "name")
     assert "loop.kloop.dev/fix-flaky-tests" in short
     assert "looprun.kloop.dev/fix-flaky-tests-1" in short

@@ -86,6 +86,22 @@ def test_the_first_time_is_counted_from_the_loops_creation() -> None:
     assert d.status["nextScheduleTime"] == "2026-05-01T10:00:00Z"
 
 
+def test_a_schedule_added_to_a_loop_that_had_none_counts_from_when_it_was_added() -> None:
+    # the Loop was created at 09:58:30 and served without a schedule; at 14:00 one is added
+    before = decide_loop(observed()).status
+    later = datetime(2026, 5, 1, 14, 0, 3, tzinfo=UTC)
+    d = decide_loop(observed(schedule="0 * * * *", status=before, now=later))
+    assert d.start is None  # not 14:00, nor 10:00..13:00: the schedule did not exist then
+    assert d.events == ()
+    assert d.status["lastScheduleTime"] == "2026-05-01T14:00:00Z"
+    assert d.status["nextScheduleTime"] == "2026-05-01T15:00:00Z"
+    # the next pass counts from there, not from the Loop's creation
+    again = decide_loop(observed(schedule="0 * * * *", status=d.status, now=later))
+    assert again.start is None
+    suspended = decide_loop(observed(schedule="0 * * * *", suspend=True, status=before, now=later))
+    assert suspended.status["lastScheduleTime"] == "2026-05-01T14:00:00Z"
+
+
 def test_a_time_already_acted_on_starts_nothing() -> None:
     d = decide_loop(
         observed(schedule="*/5 * * * *", status={"lastScheduleTime": "2026-05-01T10:05:00Z"})

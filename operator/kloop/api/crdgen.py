@@ -151,7 +151,7 @@ def _crd(
     plural: str,
     short: str,
     schema: Schema,
-    columns: list[dict[str, str]],
+    columns: list[dict[str, str | int]],
     scope: str = "Namespaced",
 ) -> Schema:
     has_status = "status" in schema["properties"]
@@ -201,6 +201,25 @@ def build_crds() -> dict[str, Schema]:
             {"name": "Last Run", "type": "string", "jsonPath": ".status.lastRun"},
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
             {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
+            # as kubectl get cronjob: whether the schedule is suspended, and when it fires
+            {"name": "Suspend", "type": "boolean", "jsonPath": ".spec.suspend"},
+            {
+                "name": "Ready",
+                "type": "string",
+                "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+            },
+            {
+                "name": "Last Schedule",
+                "type": "string",
+                "jsonPath": ".status.lastScheduleTime",
+                "priority": 1,
+            },
+            {
+                "name": "Next Schedule",
+                "type": "string",
+                "jsonPath": ".status.nextScheduleTime",
+                "priority": 1,
+            },
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
     )

@@ -23,7 +23,7 @@ from kloop.core import names
 from kloop.core.conditions import build_condition
 from kloop.core.context import iso, parse_time
 from kloop.core.launch import RunRequest, scheduled_run_name
-from kloop.core.schedule import TOO_MANY_MISSED, ScheduleError, compute_due, parse
+from kloop.core.schedule import TOO_MANY_MISSED, ScheduleError, compute_due, latest_time, parse
 
 FINAL_PHASES = ("Succeeded", "Failed", "Halted")
 FAILED_PHASES = ("Failed", "Halted")
@@ -153,6 +153,12 @@ class _Schedule:
     ready: tuple[ConditionStatus, str, str] = (ConditionStatus.TRUE, Reason.LOOP_READY, "")
 
 
+def _last_ready_reason(loop: ObservedLoop) -> str | None:
+    """The Ready reason the previous pass wrote (None before the first pass)."""
+    conditions = loop.status.get("conditions") or []
+    return next((c.get("reason") for c in conditions if c.get("type") == "Ready"), None)
+
+
 def _schedule(loop: ObservedLoop) -> _Schedule:
     """The schedule's part of the pass: what is due, what to say about it."""
     out = _Schedule(last_schedule_time=loop.status.get("lastScheduleTime"))
@@ -172,6 +178,14 @@ def _schedule(loop: ObservedLoop) -> _Schedule:
     except ScheduleError as err:
         out.ready = (ConditionStatus.FALSE, err.reason, err.message)
         return out
+    since = parse_time(out.last_schedule_time) or parse_time(loop.created) or loop.now
+    if out.last_schedule_time is None and _last_ready_reason(loop) == Reason.LOOP_READY:
+        # the schedule was just added to a Loop that ran without one: times before it existed
+        # are not missed (a CronJob always has its schedule, so its creation is the start)
+        before = latest_time(schedule, since, loop.now)
+        if before is not None:
+            since = before
+            out.last_schedule_time = iso(before)
     if spec.suspend:
         out.ready = (
             ConditionStatus.TRUE,
@@ -179,7 +193,6 @@ def _schedule(loop: ObservedLoop) -> _Schedule:
             "suspended: the schedule starts no runs (times passing now count as missed)",
         )
         return out
-    since = parse_time(out.last_schedule_time) or parse_time(loop.created) or loop.now
     due = compute_due(schedule, since, loop.now, spec.starting_deadline_seconds)
     out.next_time = due.next_time
     if due.too_many_missed:

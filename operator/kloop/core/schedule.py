@@ -144,7 +144,7 @@ def compute_due(
         if found > now or missed > TOO_MANY_MISSED:
             break
         missed += 1
-    latest = _latest(schedule, since, now)
+    latest = latest_time(schedule, since, now)
     return Due(
         scheduled=latest,
         missed=missed,
@@ -153,7 +153,7 @@ def compute_due(
     )
 
 
-def _latest(schedule: Schedule, since: datetime, now: datetime) -> datetime | None:
+def latest_time(schedule: Schedule, since: datetime, now: datetime) -> datetime | None:
     """The newest scheduled time in (since, now], without walking every time since ``since``.
 
     cronsim's reverse iteration finds a time at or before now; a few forward steps from there
