@@ -110,12 +110,29 @@ async def apply_loop(kube: Kube, loop: Json, decision: LoopDecision) -> None:
     for event in decision.events:
         await events.record(kube, loop, event.type, event.reason, event.message)
     if decision.start is not None:
-        await launch(kube, loop, decision.start)
-    for name in decision.delete:
-        await _delete_run(kube, loop, name, "past the Loop's history limit")
+        await launch(kube, loop, decision.start)  # before lastScheduleTime: never lost, never twice
     patch = status_patch(loop.get("status") or {}, decision.status)
     if patch:
         await kube.patch_status(meta["namespace"], "loops", meta["name"], {"status": patch})
+    for name in decision.delete:  # last: a delete that keeps failing holds back no status
+        await _delete_run(kube, loop, name, "past the Loop's history limit")
+
+
+async def _read_loop(kube: Kube, namespace: str, name: str) -> Json | None:
+    """The Loop, or None when it is gone.
+
+    Only this 404 ends the Loop's task: a run deleted under a pass, say, is an error to retry,
+    not the end of the Loop's schedule.
+    """
+    try:
+        loop: Json = await kube.call(
+            kube.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, "loops", name
+        )
+    except Exception as err:
+        if is_status(err, 404):
+            return None
+        raise
+    return loop
 
 
 async def drive_loop(kube: Kube, namespace: str, name: str, uid: str) -> None:
@@ -127,11 +144,9 @@ async def drive_loop(kube: Kube, namespace: str, name: str, uid: str) -> None:
         driver.wake.clear()
         requeue: float | None = None
         try:
-            loop = await kube.call(
-                kube.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, "loops", name
-            )
-            if loop["metadata"]["uid"] != uid:
-                return  # deleted and re-created: the new Loop has its own task
+            loop = await _read_loop(kube, namespace, name)
+            if loop is None or loop["metadata"]["uid"] != uid:
+                return  # deleted (or re-created: the new Loop has its own task)
             decision = decide_loop(observe_loop(loop, await runs_of(kube, loop), datetime.now(UTC)))
             await apply_loop(kube, loop, decision)
             requeue = decision.requeue_after
@@ -140,8 +155,6 @@ async def drive_loop(kube: Kube, namespace: str, name: str, uid: str) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as err:  # noqa: BLE001 - a Loop must survive API hiccups
-            if is_status(err, 404):
-                return
             failures += 1
             requeue = min(ERROR_BACKOFF_MAX, 2.0**failures)
             log.warning("loop pass failed, retrying in %.0fs: %s", requeue, err, extra=ctx)

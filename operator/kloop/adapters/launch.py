@@ -86,15 +86,20 @@ async def launch(kube: Kube, loop: Json, request: RunRequest) -> LaunchOutcome:
                 }
             }
         }
-        await kube.call(
-            kube.custom.patch_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            meta["namespace"],
-            "loopruns",
-            name,
-            patch,
-        )
+        try:
+            await kube.call(
+                kube.custom.patch_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                meta["namespace"],
+                "loopruns",
+                name,
+                patch,
+            )
+        except Exception as err:
+            if is_status(err, 404):
+                continue  # deleted meanwhile: nothing left to replace
+            raise
         await events.record(kube, loop, "Normal", "RunReplaced", f"{name} aborted: {plan.why}")
     if not plan.create:
         await events.record(kube, loop, "Warning", "RunSkipped", plan.why)
