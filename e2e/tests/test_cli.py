@@ -109,18 +109,16 @@ def bob_config(
 
 @pytest.fixture(scope="module")
 def approvals_bound(api_client: client.ApiClient, ns: str) -> Iterator[None]:
-    """The chart's kloop-approvals policy, bound to ``ns`` only; removed afterwards."""
+    """The chart's kloop-approvals policy, as a copy of its own bound to ``ns`` only.
+
+    A copy (``kloop-approvals-<ns>``), not the shared ``kloop-approvals``: test_trust_9 replaces
+    and deletes that one, and another session on the cluster may be running it meanwhile.
+    """
     reg = client.AdmissionregistrationV1Api(api_client)
-    policy = next(p for p in admission.policies() if p["metadata"]["name"] == "kloop-approvals")
-    created = False
-    try:
-        reg.read_validating_admission_policy("kloop-approvals")
-    except client.ApiException as err:
-        if err.status != 404:
-            raise
-        reg.create_validating_admission_policy(policy)
-        created = True
+    chart = next(p for p in admission.policies() if p["metadata"]["name"] == "kloop-approvals")
     name = f"kloop-approvals-{ns}"
+    policy = {**chart, "metadata": {**chart["metadata"], "name": name}}
+    reg.create_validating_admission_policy(policy)
     reg.create_validating_admission_policy_binding(
         admission.binding(name, policy, None, namespaces=[ns])
     )
@@ -147,9 +145,8 @@ def approvals_bound(api_client: client.ApiClient, ns: str) -> Iterator[None]:
     finally:
         with contextlib.suppress(client.ApiException):
             reg.delete_validating_admission_policy_binding(name)
-        if created:
-            with contextlib.suppress(client.ApiException):
-                reg.delete_validating_admission_policy("kloop-approvals")
+        with contextlib.suppress(client.ApiException):
+            reg.delete_validating_admission_policy(name)
 
 
 def _loops() -> list[Json]:
