@@ -42,10 +42,14 @@ LOOPRUN_EDITOR = [
 ]
 
 
-def kloop(*args: str, kubeconfig: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def kloop(
+    *args: str, kubeconfig: Path, timeout: float = 240, columns: int | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the installed ``kubectl-kloop`` (this checkout's code) with ``KUBECONFIG`` set."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "operator"), "KUBECONFIG": str(kubeconfig)}
     env.pop("COLUMNS", None)
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
     return subprocess.run(
         [str(EXE), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
@@ -300,6 +304,17 @@ def test_approve_records_the_authenticated_user_and_watch_exits_0_on_success(
     assert run["status"]["stages"][0]["approvedBy"] == me
     again = kloop("approve", name, "--stage", "s", kubeconfig=admin_config)
     assert again.returncode == 0 and "already approved by" in again.stdout, again
+
+
+def test_watch_and_messages_print_whole_lines_whatever_the_width(
+    admin_config: Path, runs: dict[str, str]
+) -> None:
+    name = runs["gated"]  # finished by the test above: watch prints its last state and exits
+    watched = kloop("watch", name, kubeconfig=admin_config, columns=90)
+    assert watched.returncode == 0, watched
+    lines = watched.stdout.splitlines()
+    assert len(lines) == 2 and all(line.startswith(name) for line in lines), lines
+    assert lines[0].endswith("| every stage passed"), lines
 
 
 def test_describe_shows_the_iteration_history_as_a_table(
