@@ -27,6 +27,7 @@ import yaml
 from kubernetes import client
 
 from e2e import admission
+from e2e.cluster import paths
 from e2e.helpers import wait_for
 from e2e.loops import GROUP, VERSION, create_loop, get_run, greeting_loop
 from e2e.operator_process import OperatorProcess
@@ -473,6 +474,29 @@ def test_watch_times_out_with_exit_6(
     assert result.returncode == 6, result
     assert "after 2s" in result.stderr
     assert kloop("abort", name, kubeconfig=admin_config).returncode == 0
+
+
+def test_kubectl_runs_it_as_a_plugin_and_passes_its_exit_code_on(
+    admin_config: Path, runs: dict[str, str]
+) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "operator"),
+        "KUBECONFIG": str(admin_config),
+        "PATH": f"{EXE.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+    def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(paths.kubectl()), *args], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    listed = kubectl("plugin", "list")
+    assert str(EXE) in listed.stdout, listed
+    loops = kubectl("kloop", "get", "loops")
+    assert loops.returncode == 0 and "gated" in loops.stdout, loops
+    missing = kubectl("kloop", "describe", "nope")
+    assert missing.returncode == 3 and 'LoopRun "nope" not found' in missing.stderr, missing
 
 
 def test_an_unreachable_cluster_an_unknown_context_and_bad_usage_have_their_codes(
