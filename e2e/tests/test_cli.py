@@ -27,6 +27,7 @@ import yaml
 from kubernetes import client
 
 from e2e import admission
+from e2e.cluster import paths
 from e2e.helpers import wait_for
 from e2e.loops import GROUP, VERSION, create_loop, get_run, greeting_loop
 from e2e.operator_process import OperatorProcess
@@ -42,10 +43,14 @@ LOOPRUN_EDITOR = [
 ]
 
 
-def kloop(*args: str, kubeconfig: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def kloop(
+    *args: str, kubeconfig: Path, timeout: float = 240, columns: int | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the installed ``kubectl-kloop`` (this checkout's code) with ``KUBECONFIG`` set."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "operator"), "KUBECONFIG": str(kubeconfig)}
     env.pop("COLUMNS", None)
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
     return subprocess.run(
         [str(EXE), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
@@ -109,18 +114,16 @@ def bob_config(
 
 @pytest.fixture(scope="module")
 def approvals_bound(api_client: client.ApiClient, ns: str) -> Iterator[None]:
-    """The chart's kloop-approvals policy, bound to ``ns`` only; removed afterwards."""
+    """The chart's kloop-approvals policy, as a copy of its own bound to ``ns`` only.
+
+    A copy (``kloop-approvals-<ns>``), not the shared ``kloop-approvals``: test_trust_9 replaces
+    and deletes that one, and another session on the cluster may be running it meanwhile.
+    """
     reg = client.AdmissionregistrationV1Api(api_client)
-    policy = next(p for p in admission.policies() if p["metadata"]["name"] == "kloop-approvals")
-    created = False
-    try:
-        reg.read_validating_admission_policy("kloop-approvals")
-    except client.ApiException as err:
-        if err.status != 404:
-            raise
-        reg.create_validating_admission_policy(policy)
-        created = True
+    chart = next(p for p in admission.policies() if p["metadata"]["name"] == "kloop-approvals")
     name = f"kloop-approvals-{ns}"
+    policy = {**chart, "metadata": {**chart["metadata"], "name": name}}
+    reg.create_validating_admission_policy(policy)
     reg.create_validating_admission_policy_binding(
         admission.binding(name, policy, None, namespaces=[ns])
     )
@@ -147,9 +150,8 @@ def approvals_bound(api_client: client.ApiClient, ns: str) -> Iterator[None]:
     finally:
         with contextlib.suppress(client.ApiException):
             reg.delete_validating_admission_policy_binding(name)
-        if created:
-            with contextlib.suppress(client.ApiException):
-                reg.delete_validating_admission_policy("kloop-approvals")
+        with contextlib.suppress(client.ApiException):
+            reg.delete_validating_admission_policy(name)
 
 
 def _loops() -> list[Json]:
@@ -303,6 +305,17 @@ def test_approve_records_the_authenticated_user_and_watch_exits_0_on_success(
     assert run["status"]["stages"][0]["approvedBy"] == me
     again = kloop("approve", name, "--stage", "s", kubeconfig=admin_config)
     assert again.returncode == 0 and "already approved by" in again.stdout, again
+
+
+def test_watch_and_messages_print_whole_lines_whatever_the_width(
+    admin_config: Path, runs: dict[str, str]
+) -> None:
+    name = runs["gated"]  # finished by the test above: watch prints its last state and exits
+    watched = kloop("watch", name, kubeconfig=admin_config, columns=90)
+    assert watched.returncode == 0, watched
+    lines = watched.stdout.splitlines()
+    assert len(lines) == 2 and all(line.startswith(name) for line in lines), lines
+    assert lines[0].endswith("| every stage passed"), lines
 
 
 def test_describe_shows_the_iteration_history_as_a_table(
@@ -461,6 +474,29 @@ def test_watch_times_out_with_exit_6(
     assert result.returncode == 6, result
     assert "after 2s" in result.stderr
     assert kloop("abort", name, kubeconfig=admin_config).returncode == 0
+
+
+def test_kubectl_runs_it_as_a_plugin_and_passes_its_exit_code_on(
+    admin_config: Path, runs: dict[str, str]
+) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "operator"),
+        "KUBECONFIG": str(admin_config),
+        "PATH": f"{EXE.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+    def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(paths.kubectl()), *args], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    listed = kubectl("plugin", "list")
+    assert str(EXE) in listed.stdout, listed
+    loops = kubectl("kloop", "get", "loops")
+    assert loops.returncode == 0 and "gated" in loops.stdout, loops
+    missing = kubectl("kloop", "describe", "nope")
+    assert missing.returncode == 3 and 'LoopRun "nope" not found' in missing.stderr, missing
 
 
 def test_an_unreachable_cluster_an_unknown_context_and_bad_usage_have_their_codes(

@@ -114,6 +114,11 @@ def _cluster(ctx: typer.Context, namespace: str | None) -> Cluster:
     return Cluster(target)
 
 
+def _say(console: Console, text: str) -> None:
+    """One plain line, never wrapped at the console's width: scripts and logs read it whole."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def _print(obj: object, fmt: Output) -> None:
     sys.stdout.write(render.dump(obj, fmt.value) + "\n")
 
@@ -157,7 +162,7 @@ def get(
         _print(render.as_list(items), output)
         return
     if not items:
-        err.print(f'No {kind.value} found in namespace "{cluster.namespace}".', markup=False)
+        _say(err, f'No {kind.value} found in namespace "{cluster.namespace}".')
         return
     now = render.now()
     out.print(
@@ -235,7 +240,7 @@ def run_loop(
         request = RunRequest(name, request.cause, request.context, request.annotations)
     created = cluster.create_run(new_run(found, request))
     run_name = created["metadata"]["name"]
-    out.print(run_name, markup=False, highlight=False)
+    _say(out, run_name)
     if wait:
         finished = _follow(cluster, run_name, timeout, err)
         raise typer.Exit(outcome_code((finished.get("status") or {}).get("phase")))
@@ -276,17 +281,14 @@ def approve(
     chosen = actions.stage_to_approve(found, stage)
     for progress in actions.status(found).get("stages") or []:
         if progress.get("name") == chosen and progress.get("approvedBy"):
-            out.print(
-                f'stage "{chosen}" of {run} was already approved by {progress["approvedBy"]}',
-                markup=False,
-            )
+            _say(out, f'stage "{chosen}" of {run} was already approved by {progress["approvedBy"]}')
             return
     user = cluster.whoami()
     try:
         cluster.annotate_run(run, actions.approval(found, chosen, user))
     except CliError as error:
         raise _forbidden_hint(error, "Approving") from error
-    out.print(f'approved stage "{chosen}" of {run} as {user}', markup=False)
+    _say(out, f'approved stage "{chosen}" of {run} as {user}')
 
 
 @app.command(epilog=_examples("kubectl kloop abort nightly-29500000"))
@@ -296,10 +298,10 @@ def abort(ctx: typer.Context, run: RunArg, namespace: NamespaceOpt = None) -> No
     found = cluster.get("loopruns", run)
     phase = actions.status(found).get("phase")
     if phase in actions.FINAL_PHASES:
-        out.print(f"{run} already finished ({phase}): nothing to abort", markup=False)
+        _say(out, f"{run} already finished ({phase}): nothing to abort")
         return
     cluster.annotate_run(run, actions.abortion(_whoami_or_none(cluster)))
-    out.print(f"abort requested for {run}; its teardown will run", markup=False)
+    _say(out, f"abort requested for {run}; its teardown will run")
 
 
 @app.command(
@@ -332,7 +334,7 @@ def resume(
         cluster.annotate_run(run, actions.resumption(found, number, user))
     except CliError as error:
         raise _forbidden_hint(error, "Resuming") from error
-    out.print(f"resumed iteration {number} of {run} as {user}", markup=False)
+    _say(out, f"resumed iteration {number} of {run} as {user}")
 
 
 @app.command(
@@ -355,9 +357,7 @@ def memory(
         _print(log, output)
         return
     if not data.get(MEMORY_KEY):
-        err.print(
-            f"Loop {loop} has no memory yet (ConfigMap {name} is empty or absent).", markup=False
-        )
+        _say(err, f"Loop {loop} has no memory yet (ConfigMap {name} is empty or absent).")
         return
     if out.is_terminal:
         out.print(Markdown(data[MEMORY_KEY]))
@@ -438,7 +438,7 @@ def _follow(cluster: Cluster, run: str, timeout: float, console: Console) -> Jso
             else:
                 line = render.progress_line(found)
                 if line != last:
-                    console.print(line, markup=False, highlight=False)
+                    _say(console, line)
                 last = line
             if actions.is_finished(found):
                 return found
@@ -476,5 +476,5 @@ def watch(
     cluster = _cluster(ctx, namespace)
     finished = _follow(cluster, run, timeout, out)
     phase = actions.status(finished).get("phase")
-    out.print(f"{run} {phase}: {actions.status(finished).get('message') or ''}", markup=False)
+    _say(out, f"{run} {phase}: {actions.status(finished).get('message') or ''}")
     raise typer.Exit(outcome_code(phase))
