@@ -449,6 +449,7 @@ def test_abort_halts_a_running_run_and_watch_exits_11(
     assert watched.returncode == 11, watched
     status = get_run(api_client, ns, name)["status"]
     assert (status["phase"], status["haltReason"]) == ("Halted", "Aborted"), status
+    assert "(requested by " in status["message"], "the run says who asked, not only the tool"
     assert status["teardown"]["state"] == "Succeeded", status["teardown"]
     again = kloop("abort", name, kubeconfig=admin_config)
     assert again.returncode == 0 and "already finished (Halted)" in again.stdout, again

@@ -235,6 +235,7 @@ def test_schedules_fire_skip_replace_and_catch_up_once_after_an_outage(
     name = replaced["metadata"]["name"]
     ended = wait_finished(api_client, namespace, name, timeout=60)["status"]
     assert (ended["phase"], ended["haltReason"]) == ("Halted", "Aborted"), ended.get("message")
+    assert f"(replaced by {successor['metadata']['name']})" in ended["message"]
     assert ended["teardown"]["state"] == "Succeeded"
     teardowns = [
         p

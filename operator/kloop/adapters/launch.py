@@ -15,7 +15,6 @@ from kloop.core.loops import run_finished
 
 log = logging.getLogger("kloop.launch")
 
-ANNOTATION_ABORT_REASON = "kloop.dev/abort-reason"
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,7 @@ async def launch(kube: Kube, loop: Json, request: RunRequest) -> LaunchOutcome:
             "metadata": {
                 "annotations": {
                     names.ANNOTATION_ABORT: "true",
-                    ANNOTATION_ABORT_REASON: f"replaced by {request.name}",
+                    names.ANNOTATION_ABORT_REASON: f"replaced by {request.name}",
                 }
             }
         }

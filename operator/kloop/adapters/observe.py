@@ -266,9 +266,12 @@ async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snap
         if run_uid == uid:
             observed_pods[pod] = ObservedPod(pod, "Failed", reason="Untrusted", message=message)
     annotations = run["metadata"].get("annotations") or {}
-    aborted_by = (
-        _who_set(run, names.ANNOTATION_ABORT) if names.ANNOTATION_ABORT in annotations else None
-    )
+    aborted_by = None
+    if names.ANNOTATION_ABORT in annotations:
+        aborted_by = _who_set(run, names.ANNOTATION_ABORT)
+        reason = (annotations.get(names.ANNOTATION_ABORT_REASON) or "").strip()[:200]
+        if reason:
+            aborted_by = f"{aborted_by} ({reason})"
     observed = ObservedRun(
         name=name,
         namespace=namespace,

@@ -17,7 +17,6 @@ from kloop.core.launch import RunRequest, run_name
 
 Json = dict[str, Any]
 ANNOTATION_STARTED_BY = "kloop.dev/started-by"
-ANNOTATION_ABORT_REASON = "kloop.dev/abort-reason"
 FINAL_PHASES = ("Succeeded", "Failed", "Halted")
 ROLES = ("maker", "checker", "teardown")
 
@@ -152,7 +151,7 @@ def abortion(user: str | None) -> dict[str, str]:
     """Annotations that abort a run, saying who asked."""
     return {
         names.ANNOTATION_ABORT: "true",
-        ANNOTATION_ABORT_REASON: f"aborted by {user or 'someone'} with kubectl kloop",
+        names.ANNOTATION_ABORT_REASON: f"requested by {user or 'someone'}",
     }
 
 

@@ -19,7 +19,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from kloop.api import GROUP, VERSION
-from kloop.cli.exits import CliError, ExitCode
+from kloop.cli.exits import CliError, Conflict, ExitCode
 
 Json = dict[str, Any]
 
@@ -113,6 +113,8 @@ class Cluster:
             return CliError(f'{what} not found in namespace "{self.namespace}"', ExitCode.NOT_FOUND)
         if err.status == 403:
             return CliError(f"forbidden: {message}", ExitCode.FORBIDDEN)
+        if err.status == 409:
+            return Conflict(f"{what} changed meanwhile: {message}")
         if err.status == 401:
             return CliError(
                 f"the cluster at {self.server} refused the credentials: {message}",
@@ -164,8 +166,17 @@ class Cluster:
         )
         return created
 
-    def annotate_run(self, name: str, annotations: dict[str, str]) -> Json:
-        """Merge ``annotations`` into a LoopRun's (admission policies judge this request)."""
+    def annotate_run(
+        self, name: str, annotations: dict[str, str], resource_version: str | None = None
+    ) -> Json:
+        """Merge ``annotations`` into a LoopRun's (admission policies judge this request).
+
+        With ``resource_version`` the patch applies only to that version of the run (else
+        Conflict), so two people extending the same comma list never lose one another's entry.
+        """
+        metadata: Json = {"annotations": annotations}
+        if resource_version:
+            metadata["resourceVersion"] = resource_version
         patched: Json = self._call(
             f'LoopRun "{name}"',
             self.custom.patch_namespaced_custom_object,
@@ -174,7 +185,7 @@ class Cluster:
             self.namespace,
             "loopruns",
             name,
-            {"metadata": {"annotations": annotations}},
+            {"metadata": metadata},
             field_manager=FIELD_MANAGER,
         )
         return patched

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated
 
@@ -16,7 +17,7 @@ from rich.markdown import Markdown
 from kloop.adapters.launch import new_run
 from kloop.cli import actions, render
 from kloop.cli.client import Cluster, Json, Target
-from kloop.cli.exits import CliError, ExitCode, outcome_code
+from kloop.cli.exits import CliError, Conflict, ExitCode, outcome_code
 from kloop.core.launch import RunRequest
 from kloop.core.memory import LOG_KEY, MEMORY_KEY, empty_log
 
@@ -285,10 +286,30 @@ def approve(
             return
     user = cluster.whoami()
     try:
-        cluster.annotate_run(run, actions.approval(found, chosen, user))
+        _annotate_fresh(cluster, run, found, lambda r: actions.approval(r, chosen, user))
     except CliError as error:
         raise _forbidden_hint(error, "Approving") from error
     _say(out, f'approved stage "{chosen}" of {run} as {user}')
+
+
+CONFLICT_RETRIES = 5
+
+
+def _annotate_fresh(
+    cluster: Cluster, run: str, found: Json, build: Callable[[Json], dict[str, str]]
+) -> None:
+    """Patch annotations built from the run as read, re-reading it while someone else wins.
+
+    approve and resume extend comma lists (stages, iterations): a patch bound to the version
+    read means a concurrent approval of another stage is kept, never overwritten.
+    """
+    for _ in range(CONFLICT_RETRIES):
+        try:
+            cluster.annotate_run(run, build(found), found["metadata"].get("resourceVersion"))
+            return
+        except Conflict:
+            found = cluster.get("loopruns", run)
+    raise CliError(f"LoopRun {run} kept changing: try again")
 
 
 @app.command(epilog=_examples("kubectl kloop abort nightly-29500000"))
@@ -331,7 +352,7 @@ def resume(
     number = actions.iteration_to_resume(found, iteration)
     user = cluster.whoami()
     try:
-        cluster.annotate_run(run, actions.resumption(found, number, user))
+        _annotate_fresh(cluster, run, found, lambda r: actions.resumption(r, number, user))
     except CliError as error:
         raise _forbidden_hint(error, "Resuming") from error
     _say(out, f"resumed iteration {number} of {run} as {user}")

@@ -48,3 +48,7 @@ def outcome_code(phase: str | None) -> ExitCode:
     if phase == "Halted":
         return ExitCode.RUN_HALTED
     return ExitCode.RUN_FAILED
+
+
+class Conflict(CliError):
+    """The object changed since it was read (HTTP 409): read it again and retry."""

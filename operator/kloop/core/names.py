@@ -15,6 +15,8 @@ ANNOTATION_APPROVE = "kloop.dev/approve"
 # the user who set kloop.dev/approve; the admission policy checks it is the requester
 ANNOTATION_APPROVED_BY = "kloop.dev/approved-by"
 ANNOTATION_ABORT = "kloop.dev/abort"
+# why, in words, shown after the field manager in the run's message (kubectl kloop abort, Replace)
+ANNOTATION_ABORT_REASON = "kloop.dev/abort-reason"
 # on runs a schedule started: the scheduled time (RFC 3339, UTC)
 ANNOTATION_SCHEDULED_AT = "kloop.dev/scheduled-at"
 ANNOTATION_RESUME = "kloop.dev/resume"
