@@ -16,7 +16,6 @@ from kloop.core.loops import run_finished
 log = logging.getLogger("kloop.launch")
 
 
-
 @dataclass(frozen=True)
 class LaunchOutcome:
     """What became of a RunRequest."""
