@@ -441,6 +441,25 @@ def _hint(found: Json) -> str | None:
     return None
 
 
+UNREACHABLE_GRACE_SECONDS = 30.0
+
+
+def _reread(cluster: Cluster, run: str) -> Json:
+    """The run again; a cluster that stops answering for a moment is waited for, not fatal.
+
+    A watch lasts as long as the run (hours, maybe); an apiserver restart or a network blip in
+    between must not end it with exit 5. Past the grace period it does.
+    """
+    given_up = time.monotonic() + UNREACHABLE_GRACE_SECONDS
+    while True:
+        try:
+            return cluster.get("loopruns", run)
+        except CliError as error:
+            if error.code != ExitCode.UNREACHABLE or time.monotonic() >= given_up:
+                raise
+            time.sleep(POLL_SECONDS)
+
+
 def _follow(cluster: Cluster, run: str, timeout: float, console: Console) -> Json:
     """Poll the run until it finished, showing progress; the finished run.
 
@@ -470,7 +489,7 @@ def _follow(cluster: Cluster, run: str, timeout: float, console: Console) -> Jso
                     ExitCode.TIMEOUT,
                 )
             time.sleep(POLL_SECONDS)
-            found = cluster.get("loopruns", run)
+            found = _reread(cluster, run)
     finally:
         if live:
             live.stop()
