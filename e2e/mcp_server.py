@@ -26,6 +26,15 @@ from e2e.procs import log_tail, stop_process
 HEADER_ENV = "MCP_TEST_HEADER_VALUE"
 
 
+def _echo(tool: str) -> Any:
+    """A tool that answers with its name and the text it got."""
+
+    def echo(text: str) -> str:
+        return f"{tool}: {text}"
+
+    return echo
+
+
 def _app(name: str, tools: list[str], header: str | None) -> Any:
     """The server's ASGI app: one echo tool per name, behind the optional header check."""
     from mcp.server.mcpserver import MCPServer
@@ -33,11 +42,7 @@ def _app(name: str, tools: list[str], header: str | None) -> Any:
 
     server = MCPServer(name, version="1.0.0")
     for tool in tools:
-
-        def echo(text: str, _tool: str = tool) -> str:
-            return f"{_tool}: {text}"
-
-        server.add_tool(echo, name=tool, description=f"test tool {tool}")
+        server.add_tool(_echo(tool), name=tool, description=f"test tool {tool}")
     # a test server on a private address: DNS rebinding protection would refuse the bridge IP
     security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
     inner = server.streamable_http_app(json_response=True, transport_security=security)

@@ -53,6 +53,15 @@ class _PolicyError(Exception):
     """A request the guard's transport would not send, or an answer it would not read."""
 
 
+class _HttpStatus(Exception):
+    """The server answered a message with an HTTP error status (the SDK says only "error")."""
+
+    def __init__(self, status: int) -> None:
+        hint = " (check the connector's headersSecretRef)" if status in (401, 403) else ""
+        super().__init__(f"the server answered HTTP {status}{hint}")
+        self.status = status
+
+
 @dataclass
 class _Capped(httpx2.AsyncByteStream):
     """An answer's body, read as it streams in; fails once it passes ``max_bytes``."""
@@ -80,6 +89,8 @@ class PinnedTransport(httpx2.AsyncBaseTransport):
     address: IPAddress
     max_bytes: int = MAX_ANSWER_BYTES
     refused: str | None = None
+    error_status: int | None = None
+    """The last HTTP error status of a message (POST); a GET stream's 405 is no error."""
     inner: httpx2.AsyncHTTPTransport = field(
         default_factory=lambda: httpx2.AsyncHTTPTransport(trust_env=False, retries=0)
     )
@@ -97,6 +108,8 @@ class PinnedTransport(httpx2.AsyncBaseTransport):
         if target.scheme == "https":  # certificates are checked against the name
             request.extensions = {**request.extensions, "sni_hostname": target.host}
         response = await self.inner.handle_async_request(request)
+        if request.method == "POST" and response.status_code >= 400:
+            self.error_status = response.status_code
         stream = response.stream
         assert isinstance(stream, httpx2.AsyncByteStream)
         response.stream = _Capped(stream, self.max_bytes)
@@ -145,6 +158,9 @@ def _leaves(err: BaseException) -> list[BaseException]:
 def _describe(err: BaseException) -> tuple[str, bool]:
     """The most telling failure in ``err``, and whether retrying may help."""
     leaves = _leaves(err)
+    for leaf in leaves:
+        if isinstance(leaf, _HttpStatus):
+            return str(leaf), leaf.status >= 500 or leaf.status == 429
     for kinds, transient in (
         ((_PolicyError, Refused), False),
         ((httpx2.TransportError, Unavailable, ConnectionError), True),
@@ -197,11 +213,13 @@ async def _handshake(
                         break
                 found.done = True
         except Exception as err:
-            if transport.refused is not None and not found.done:
+            if found.done:
+                return transport  # the answers are in; a failing close (DELETE) changes nothing
+            if transport.refused is not None:
                 raise _PolicyError(transport.refused) from err
-            if not found.done:
-                raise
-            # the answers are in; closing the session (DELETE) failing changes nothing
+            if transport.error_status is not None:
+                raise _HttpStatus(transport.error_status) from err
+            raise
     return transport
 
 
