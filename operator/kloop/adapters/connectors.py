@@ -68,13 +68,16 @@ class _Capped(httpx2.AsyncByteStream):
 
     inner: httpx2.AsyncByteStream
     max_bytes: int
+    transport: PinnedTransport
     seen: int = 0
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self.inner:
             self.seen += len(chunk)
             if self.seen > self.max_bytes:
-                raise _PolicyError(f"answer larger than {self.max_bytes} bytes, not read further")
+                # noted on the transport: the SDK may report the failure as a generic error
+                self.transport.refused = f"answer larger than {self.max_bytes} bytes, not read"
+                raise _PolicyError(self.transport.refused)
             yield chunk
 
     async def aclose(self) -> None:
@@ -112,7 +115,7 @@ class PinnedTransport(httpx2.AsyncBaseTransport):
             self.error_status = response.status_code
         stream = response.stream
         assert isinstance(stream, httpx2.AsyncByteStream)
-        response.stream = _Capped(stream, self.max_bytes)
+        response.stream = _Capped(stream, self.max_bytes, self)
         return response
 
     async def aclose(self) -> None:
