@@ -34,9 +34,6 @@ from kloop.core.egress import REDACTED, IPAddress, redact_url, scrub
 from kloop.core.model import ConnectorOutcome
 
 log = logging.getLogger("kloop.connectors")
-# kloop logs one line per handshake; the SDK's own tracebacks for a server that is down would
-# only repeat it (and are not needed to debug a connector: the reason is in status).
-logging.getLogger("mcp.client").setLevel(logging.CRITICAL)
 
 HANDSHAKE_SECONDS = 10.0
 ATTEMPTS = 3
