@@ -184,7 +184,9 @@ class _Found:
 async def _handshake(
     url: str, address: IPAddress, headers: dict[str, str], found: _Found
 ) -> PinnedTransport:
-    """initialize, then tools/list (every page, bounded), into ``found``."""
+    """initialize, then tools/list (every page, bounded), into ``found`` (emptied first)."""
+    found.server_name = found.server_version = found.protocol_version = None
+    found.tools = []
     transport = PinnedTransport(httpx2.URL(url), address)
     async with httpx2.AsyncClient(
         transport=transport,
