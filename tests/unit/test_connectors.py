@@ -7,6 +7,7 @@ from typing import Any
 
 from kloop.adapters.pods import render_pod
 from kloop.api.looprun import LoopRunSpec, LoopRunStatus, Phase
+from kloop.cli.render import connectors_text
 from kloop.core.connectors import env_name, header_problems, pod_connectors, shown_tools
 from kloop.core.model import (
     LOCAL_CLUSTER,
@@ -256,3 +257,24 @@ def test_the_pod_takes_header_variables_from_the_secret_by_reference() -> None:
         "subPath": "mcp.json",
         "readOnly": True,
     } in mounts
+
+
+def test_describe_shows_what_each_connector_check_found() -> None:
+    status = {
+        "connectors": [
+            {
+                "name": "tracker",
+                "stage": "default",
+                "ready": True,
+                "serverName": "t",
+                "protocolVersion": "2025-11-25",
+                "toolCount": 3,
+            },
+            {"name": "db", "stage": "default", "ready": False, "message": "unreachable"},
+        ]
+    }
+    assert connectors_text(status) == (
+        "tracker: t (MCP 2025-11-25, 3 tools), checked for stage default\n"
+        "db: unavailable: unreachable, checked for stage default"
+    )
+    assert connectors_text({}) is None
