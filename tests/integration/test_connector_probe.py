@@ -116,6 +116,7 @@ def test_a_redirect_to_another_origin_is_not_followed(server: tuple[str, Path]) 
     finally:
         http.shutdown()
     assert outcome.error is not None and outcome.tools == ()
+    assert f"Redirect to {url} not followed" in outcome.error
     assert requests_seen(log) == [], "the real server behind the redirect was never asked"
 
 
@@ -156,7 +157,9 @@ def test_an_answer_over_the_size_cap_is_not_read() -> None:
         outcome = asyncio.run(probe(connector(url), HEADERS, LOOPBACK, timeout=5))
     finally:
         http.shutdown()
-    assert outcome.error == "answer larger than 1048576 bytes, not read"
+    assert (
+        outcome.error == "refused by the egress guard: answer larger than 1048576 bytes, not read"
+    )
 
 
 def test_a_server_that_is_down_is_unreachable_after_retries() -> None:

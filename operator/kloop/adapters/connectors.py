@@ -161,13 +161,11 @@ def _describe(err: BaseException) -> tuple[str, bool]:
     for leaf in leaves:
         if isinstance(leaf, _HttpStatus):
             return str(leaf), leaf.status >= 500 or leaf.status == 429
-    for kinds, transient in (
-        ((_PolicyError, Refused), False),
-        ((httpx2.TransportError, Unavailable, ConnectionError), True),
-    ):
-        for leaf in leaves:
-            if isinstance(leaf, kinds):
-                return f"{type(leaf).__name__}: {leaf}", transient
+        if isinstance(leaf, (_PolicyError, Refused)):
+            return f"refused by the egress guard: {leaf}", False
+    for leaf in leaves:
+        if isinstance(leaf, (httpx2.TransportError, Unavailable, ConnectionError)):
+            return f"{type(leaf).__name__}: {leaf}", True
     leaf = leaves[0]
     return f"{type(leaf).__name__}: {leaf}", False
 
