@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
 from kloop.adapters.pods import render_pod
 from kloop.api.looprun import LoopRunSpec, LoopRunStatus, Phase
 from kloop.cli.render import connectors_text
@@ -278,3 +281,8 @@ def test_describe_shows_what_each_connector_check_found() -> None:
         "db: unavailable: unreachable, checked for stage default"
     )
     assert connectors_text({}) is None
+
+
+def test_connector_names_are_unique_in_a_loop() -> None:
+    with pytest.raises(ValidationError, match="connector names must be unique"):
+        loop_spec(connectors=[connector(), connector()])
