@@ -11,6 +11,7 @@ from kloop.api.loop import LoopSpec
 from kloop.api.looprun import LoopRunSpec
 from kloop.api.pod import PodTemplate
 from kloop.core import names
+from kloop.core.connectors import MCP_FILE
 from kloop.core.model import LOCAL_CLUSTER, ObservedPod, PodRequest, Role
 
 Json = dict[str, Any]
@@ -57,7 +58,7 @@ def contract_env(
         env["KLOOP_CHECKER"] = req.checker
     if loop.workspace is not None:
         env["KLOOP_WORKSPACE"] = WORKSPACE_DIR
-    if "mcp.json" in req.files:
+    if MCP_FILE in req.files:
         env["KLOOP_MCP_CONFIG"] = MCP_CONFIG
     variables: list[Json] = [{"name": k, "value": v} for k, v in env.items()]
     # connector headers: from their Secret by reference, so no value is in the pod spec
