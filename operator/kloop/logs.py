@@ -39,5 +39,17 @@ def configure(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # kopf.objects logs every successful event handler at INFO, aiohttp.access every health probe;
     # their warnings and errors stay
-    for noisy in ("kubernetes", "urllib3", "httpx", "httpcore", "kopf.objects", "aiohttp.access"):
+    for noisy in (
+        "kubernetes",
+        "urllib3",
+        "httpx",
+        "httpcore",
+        "httpx2",
+        "httpcore2",
+        "kopf.objects",
+        "aiohttp.access",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # the MCP SDK logs a traceback for each connector that is down; kloop logs one line per
+    # handshake instead (adapters/connectors.py), and the reason is in the run's status
+    logging.getLogger("mcp").setLevel(logging.CRITICAL)

@@ -178,6 +178,14 @@ LOOP_CASES: list[tuple[str, Callable[[Doc], None], str]] = [
         "spec.memory.maxBytes",
     ),
     (
+        "duplicate connector names",
+        _set(
+            "spec.connectors",
+            [{"name": "tracker", "mcp": {"url": f"http://h{i}/mcp"}} for i in range(2)],
+        ),
+        "connector names must be unique",
+    ),
+    (
         "duplicate stage names",
         _stages({"name": "canary", "clusters": ["a"]}, {"name": "canary", "clusters": ["b"]}),
         "stage names must be unique",

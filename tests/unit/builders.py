@@ -10,6 +10,7 @@ from kloop.api.loop import LoopSpec
 from kloop.api.looprun import LoopRunSpec, LoopRunStatus
 from kloop.core.decide import decide
 from kloop.core.model import (
+    ConnectorOutcome,
     CreatePod,
     Decision,
     DriftOutcome,
@@ -64,6 +65,7 @@ def observe(
     drift: dict[tuple[int, str], DriftOutcome] | None = None,
     resumes: dict[int, str] | None = None,
     placed_cleaned: frozenset[str] = frozenset(),
+    connectors: dict[tuple[str, str], ConnectorOutcome] | None = None,
 ) -> ObservedRun:
     return ObservedRun(
         name=RUN,
@@ -85,6 +87,7 @@ def observe(
         drift=drift or {},
         resumes=resumes or {},
         placed_cleaned=placed_cleaned,
+        connectors=connectors or {},
         uid="uid-1",
         memory_conflict=memory_conflict,
         write_rejected=write_rejected,

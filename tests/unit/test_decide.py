@@ -402,10 +402,9 @@ def test_pod_rejected_by_the_apiserver_fails_the_run_with_its_message() -> None:
     assert "rejected by the apiserver: cpu: banana" in (d.status.message or "")
 
 
-def test_accepted_but_inert_fields_are_announced_with_a_warning() -> None:
+def test_connectors_are_no_longer_announced_as_inert() -> None:
     d = decide(observe(spec=loop_spec(connectors=[{"name": "gh", "mcp": {"url": "http://x"}}])))
-    warnings = [a for a in d.actions if isinstance(a, RecordEvent) and a.reason == "NotImplemented"]
-    assert warnings and "connectors" in warnings[0].message
+    assert not [a for a in d.actions if isinstance(a, RecordEvent) and a.reason == "NotImplemented"]
 
 
 def test_schedules_and_history_limits_are_no_longer_announced_as_inert() -> None:

@@ -1,8 +1,9 @@
 """Carry out a Decision: status first (optimistic concurrency), then the actions, in order.
 
 Order: status, Events, memory (then a one-field status patch, ``memoryRecordedThrough``), pods,
-oracles. The Loop's status (its LAST RUN / PHASE columns) is written by the Loop controller
-(``kloop/loops.py``) alone, woken by this run's events. Writing status before side effects
+oracles, drift measurements and connector handshakes (the last three in the background). The
+Loop's status (its LAST RUN / PHASE columns) is written by the Loop controller (``kloop/loops.py``)
+alone, woken by this run's events. Writing status before side effects
 means a crash in between only repeats idempotent actions (pods and ConfigMaps have deterministic
 names; memory appends are keyed by run uid and iteration).
 """
@@ -13,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 
-from kloop.adapters import drift, events, memory, oracles, targets
+from kloop.adapters import connectors, drift, events, memory, oracles, targets
 from kloop.adapters.clusters import MintRefused, token_seconds
 from kloop.adapters.kube import (
     Json,
@@ -23,7 +24,7 @@ from kloop.adapters.kube import (
     is_status,
     owner_reference,
 )
-from kloop.adapters.observe import Caches, Snapshot, drift_key
+from kloop.adapters.observe import Caches, Snapshot, connector_key, drift_key
 from kloop.adapters.pods import (
     place_in_target,
     place_object_in_target,
@@ -37,6 +38,8 @@ from kloop.core.drift import failed as drift_failed
 from kloop.core.model import (
     LOCAL_CLUSTER,
     AppendMemory,
+    CheckConnector,
+    ConnectorOutcome,
     CreatePod,
     Decision,
     DeletePod,
@@ -567,6 +570,32 @@ def _measure_drift(kube: Kube, snap: Snapshot, action: MeasureDrift, caches: Cac
     caches.pending[pending] = asyncio.create_task(run(), name=f"drift {key}")
 
 
+def _check_connector(kube: Kube, snap: Snapshot, action: CheckConnector, caches: Caches) -> None:
+    """The MCP handshake with a connector, in the background (once per stage), like an oracle."""
+    loop = snap.observed.loop.spec
+    connector = next(
+        (c for c in (loop.connectors if loop else None) or [] if c.name == action.connector), None
+    )
+    meta = snap.run["metadata"]
+    key = (meta["uid"], action.stage, action.connector)
+    pending = connector_key(*key)
+    if connector is None or key in caches.connectors or pending in caches.pending:
+        return
+
+    async def run() -> None:
+        try:
+            outcome = await connectors.check(kube, meta["namespace"], connector, caches.egress)
+        except Exception as err:  # noqa: BLE001 - a bug must not leave the stage waiting
+            log.exception("connector check crashed", extra={"connector": action.connector})
+            outcome = ConnectorOutcome(error=f"connector check crashed: {type(err).__name__}")
+        finally:
+            caches.pending.pop(pending, None)
+        caches.connectors[key] = outcome
+        caches.wake(meta["namespace"], meta["name"])
+
+    caches.pending[pending] = asyncio.create_task(run(), name=f"connector {key}")
+
+
 def _notify(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) -> None:
     """Queue the notifications this status write caused (delivered in the background)."""
     spec = snap.observed.loop.spec
@@ -607,6 +636,8 @@ async def apply(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) 
                 _evaluate_oracle(snap, action, caches)
             elif isinstance(action, MeasureDrift):
                 _measure_drift(kube, snap, action, caches)
+            elif isinstance(action, CheckConnector):
+                _check_connector(kube, snap, action, caches)
         except PermanentWriteError:
             raise
         except Exception as err:  # noqa: BLE001 - retried with backoff once the others ran

@@ -24,6 +24,7 @@ from kloop.core import names
 from kloop.core.memory import recorded_through
 from kloop.core.model import (
     LOCAL_CLUSTER,
+    ConnectorOutcome,
     DriftOutcome,
     ObservedCluster,
     ObservedLoop,
@@ -69,6 +70,9 @@ class Caches:
     wake: Callable[[str, str], None] = _nobody
     drift: dict[tuple[str, int, str], DriftOutcome] = field(default_factory=dict)
     target_client: TargetClient | None = None
+    connectors: dict[tuple[str, str, str], ConnectorOutcome] = field(default_factory=dict)
+    """(run uid, stage, connector) -> the MCP handshake's outcome (pending under
+    ``connector_key``)."""
 
     def cancel_queries(self, uid: str) -> None:
         """Cancel a run's oracle queries still in flight (the run has ended)."""
@@ -89,8 +93,14 @@ class Caches:
         self.cleaned = {k for k in self.cleaned if k[0] != uid}
         self.write_rejected.pop(uid, None)
         self.drift = {k: v for k, v in self.drift.items() if k[0] != uid}
+        self.connectors = {k: v for k, v in self.connectors.items() if k[0] != uid}
         for key in [k for k in self.pending if k[0] == uid]:
             self.pending.pop(key).cancel()
+
+
+def connector_key(uid: str, stage: str, connector: str) -> tuple[str, int, str]:
+    """The ``pending`` key of a connector handshake (``connector/`` never begins a checker)."""
+    return (uid, 0, f"connector/{stage}/{connector}")
 
 
 def drift_key(uid: str, iteration: int, cluster: str) -> tuple[str, int, str]:
@@ -283,6 +293,7 @@ async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snap
         pods=observed_pods,
         oracles={(i, c): o for (u, i, c), o in caches.oracles.items() if u == uid},
         drift={(i, c): o for (u, i, c), o in caches.drift.items() if u == uid},
+        connectors={(st, c): o for (u, st, c), o in caches.connectors.items() if u == uid},
         memory_iterations=remembered,
         approvals=_approvals(run),
         resumes=resumes(run),

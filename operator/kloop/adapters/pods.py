@@ -11,6 +11,7 @@ from kloop.api.loop import LoopSpec
 from kloop.api.looprun import LoopRunSpec
 from kloop.api.pod import PodTemplate
 from kloop.core import names
+from kloop.core.connectors import MCP_FILE
 from kloop.core.model import LOCAL_CLUSTER, ObservedPod, PodRequest, Role
 
 Json = dict[str, Any]
@@ -21,6 +22,7 @@ SKILLS_DIR = "/kloop/skills"
 WORKSPACE_DIR = "/kloop/workspace"
 TARGET_DIR = "/kloop/target"
 TARGET_KUBECONFIG = f"{TARGET_DIR}/kubeconfig"
+MCP_CONFIG = "/kloop/mcp.json"
 
 
 def _template_for(req: PodRequest, loop: LoopSpec) -> tuple[PodTemplate, int]:
@@ -56,7 +58,15 @@ def contract_env(
         env["KLOOP_CHECKER"] = req.checker
     if loop.workspace is not None:
         env["KLOOP_WORKSPACE"] = WORKSPACE_DIR
-    return [{"name": k, "value": v} for k, v in env.items()]
+    if MCP_FILE in req.files:
+        env["KLOOP_MCP_CONFIG"] = MCP_CONFIG
+    variables: list[Json] = [{"name": k, "value": v} for k, v in env.items()]
+    # connector headers: from their Secret by reference, so no value is in the pod spec
+    variables += [
+        {"name": e.name, "valueFrom": {"secretKeyRef": {"name": e.secret, "key": e.key}}}
+        for e in req.secret_env
+    ]
+    return variables
 
 
 # Capabilities that Kubernetes refuses together with allowPrivilegeEscalation: false.

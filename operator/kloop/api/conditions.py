@@ -51,6 +51,7 @@ class Reason(StrEnum):
     NOT_IMPLEMENTED = "NotImplemented"
     MEMORY_CONFLICT = "MemoryConflict"
     TEARDOWN_FAILED = "TeardownFailed"
+    CONNECTORS_READY = "ConnectorsReady"
     # halt reasons (DESIGN.md §3)
     MAX_ITERATIONS = "MaxIterations"
     TOKEN_BUDGET = "TokenBudget"

@@ -332,7 +332,8 @@ class McpServer(KubeModel):
     url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://")
     """Streamable HTTP endpoint of the server."""
     headers_secret_ref: SecretRef | None = None
-    """A Secret whose keys are sent as HTTP headers (e.g. Authorization)."""
+    """A Secret in the Loop's namespace whose keys are sent as HTTP headers (e.g. Authorization):
+    by the operator's handshake, and by agents through environment variables."""
 
 
 class Connector(KubeModel):
@@ -349,7 +350,7 @@ class Connector(KubeModel):
     roles: list[ConnectorRole] = Field(
         default_factory=lambda: [ConnectorRole.MAKER], min_length=1, max_length=3
     )
-    """Which pods get the connector."""
+    """Which pods get the connector in /kloop/mcp.json (maker, checker, teardown)."""
 
 
 class WebhookProvider(StrEnum):
@@ -457,6 +458,12 @@ class LoopSpec(KubeModel):
                     ".triggers",
                 ),
                 cel(
+                    "!has(self.connectors) || self.connectors.all(c, "
+                    "self.connectors.exists_one(d, d.name == c.name))",
+                    "connector names must be unique",
+                    ".connectors",
+                ),
+                cel(
                     f"!has(self.schedule) || self.schedule.matches('{CRON_REGEX}')",
                     "schedule must be a cron expression of five fields (minute hour day-of-month"
                     " month day-of-week), e.g. '0 6 * * 1-5', or a macro such as @daily",
@@ -503,7 +510,8 @@ class LoopSpec(KubeModel):
     workspace: Workspace | None = None
     """Files the agents work on (validated; the git checkout is not built yet)."""
     connectors: list[Connector] | None = Field(default=None, max_length=16)
-    """MCP servers the agents may use (validated; not wired into pods yet)."""
+    """MCP servers the agents may use: checked before each stage's first pod, written to
+    /kloop/mcp.json in the pods of their roles (docs/agents.md)."""
     status_iterations: int = Field(default=10, ge=1, le=50)
     """Detailed iteration records a LoopRun keeps in status; older ones are folded into
     status.earlierIterations (counts and last failures). Records are shortened to fit a fixed
@@ -534,6 +542,8 @@ class LoopSpec(KubeModel):
             raise ValueError("stage names must be unique")
         if self.triggers and len({t.name for t in self.triggers}) != len(self.triggers):
             raise ValueError("trigger names must be unique")
+        if self.connectors and len({c.name for c in self.connectors}) != len(self.connectors):
+            raise ValueError("connector names must be unique")
         if self.schedule is not None and not is_valid_cron(self.schedule):
             raise ValueError(f"schedule {self.schedule!r} is not a cron expression")
         return self

@@ -332,6 +332,33 @@ class NotificationRecord(KubeModel):
     """The receiver's status or the error, with the URL masked."""
 
 
+class ConnectorCheck(KubeModel):
+    """The latest pre-flight handshake with one connector (never a header value)."""
+
+    name: str
+    """The connector."""
+    stage: str
+    """The stage it was checked for (at the start of each stage, before its first pod)."""
+    checked_at: str
+    """When the operator got the answer."""
+    ready: bool
+    """The server answered and has every tool the Loop requires."""
+    server_name: str | None = Field(default=None, max_length=128)
+    """``serverInfo.name`` from the initialize answer."""
+    server_version: str | None = Field(default=None, max_length=64)
+    """``serverInfo.version`` from the initialize answer."""
+    protocol_version: str | None = Field(default=None, max_length=32)
+    """The MCP protocol version the server chose."""
+    tools: list[str] = Field(default_factory=list, max_length=32)
+    """Tools found by tools/list: the required ones first, then others, at most 32."""
+    tool_count: int = 0
+    """How many tools the server listed in all."""
+    headers: list[str] = Field(default_factory=list, max_length=16)
+    """Names of the headers sent (the keys of headersSecretRef; the values stay in the Secret)."""
+    message: str | None = Field(default=None, max_length=1024)
+    """Why the connector is unavailable (unreachable, missing tools), when it is."""
+
+
 class LoopRunStatus(KubeModel):
     """What the run saw, decided and why; bounded so it stays far below the object size limit."""
 
@@ -379,3 +406,5 @@ class LoopRunStatus(KubeModel):
     append, so a finished run is never appended again, however many runs came since."""
     notifications: list[NotificationRecord] = Field(default_factory=list, max_length=8)
     """The last delivery per notify target (written by the notifier, not by reconciles)."""
+    connectors: list[ConnectorCheck] = Field(default_factory=list, max_length=16)
+    """The latest MCP handshake with each of the Loop's connectors (spec.connectors)."""

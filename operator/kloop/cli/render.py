@@ -216,6 +216,21 @@ def _facts(rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
+def connectors_text(st: Json) -> str | None:
+    """One line per connector: what its latest MCP handshake found (never a header value)."""
+    lines = []
+    for c in st.get("connectors") or []:
+        if c.get("ready"):
+            found = (
+                f"{c.get('serverName') or '?'} (MCP {c.get('protocolVersion') or '?'}, "
+                f"{c.get('toolCount', 0)} tools)"
+            )
+        else:
+            found = f"unavailable: {c.get('message') or '?'}"
+        lines.append(f"{c['name']}: {found}, checked for stage {c.get('stage')}")
+    return "\n".join(lines) or None
+
+
 def describe_run(run: Json) -> RenderableType:
     """``describe``: the run's facts, its stages and its iteration history."""
     meta, spec, st = run["metadata"], run.get("spec") or {}, run.get("status") or {}
@@ -236,6 +251,7 @@ def describe_run(run: Json) -> RenderableType:
             ("Halt reason", st.get("haltReason")),
             ("Message", st.get("message")),
             ("Context", json.dumps(spec["context"]) if spec.get("context") else None),
+            ("Connectors", connectors_text(st)),
             (
                 "Teardown",
                 f"{teardown.get('state')}"

@@ -35,6 +35,7 @@ from kloop.api.looprun import (
 from kloop.core import names, target
 from kloop.core.assess import PodError, pod_error
 from kloop.core.conditions import summarize
+from kloop.core.connectors import connectors_step, with_connectors
 from kloop.core.context import Pass, Target, parse_time
 from kloop.core.feedback import feedback, previous_record
 from kloop.core.graders import LIVE_PHASES, REMOTE_POLL_SECONDS
@@ -74,6 +75,8 @@ def decide(obs: ObservedRun) -> Decision:
         _loop_unavailable_step(p)
     else:
         _run_steps(p, spec)
+    if spec is not None:
+        with_connectors(p, spec)  # mcp.json and header variables for the pods of their roles
     _prune_placed(p)
     keep = spec.status_iterations if spec is not None else None
     bound_status(p.status, keep, obs.memory_iterations, _feedback_sources(p.status))
@@ -196,11 +199,7 @@ def _start(p: Pass, spec: LoopSpec, limits: Limits, plan: list[StagePlan]) -> No
 
 def _not_yet_supported(spec: LoopSpec) -> list[str]:
     """Fields the API accepts that this version does not act on: said aloud, not ignored."""
-    return [
-        name
-        for name, value in (("workspace", spec.workspace), ("connectors", spec.connectors))
-        if value
-    ]
+    return [name for name, value in (("workspace", spec.workspace),) if value]
 
 
 def _pinned_plan(plan: list[StagePlan], s: LoopRunStatus) -> list[StagePlan] | None:
@@ -266,6 +265,12 @@ def _stage_step(
     p: Pass, spec: LoopSpec, limits: Limits, plan: list[StagePlan], stage: StagePlan
 ) -> None:
     """Move every target of the stage on, judge failures, start waiting ones, judge the stage."""
+    gate = connectors_step(p, spec, stage.name)  # no pod of the stage before its connectors
+    if gate.problem is not None:
+        _halt(p, spec, Phase.HALTED, Reason.CONNECTOR_UNAVAILABLE, gate.problem)
+        return
+    if not gate.ready:
+        return
     progress = p.status.stages[stage.index]
     for cluster in progress.clusters:
         if cluster.state is TargetState.RUNNING and not _step_target(

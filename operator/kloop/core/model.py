@@ -81,6 +81,22 @@ class DriftOutcome:
 
 
 @dataclass(frozen=True)
+class ConnectorOutcome:
+    """What the I/O layer's MCP handshake with one connector found (or why it failed).
+
+    ``headers`` are the names of the headers it sent (never their values); ``error`` is set when
+    the server could not be reached or did not answer the handshake.
+    """
+
+    server_name: str | None = None
+    server_version: str | None = None
+    protocol_version: str | None = None
+    tools: tuple[str, ...] = ()
+    headers: tuple[str, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class ObservedLoop:
     """The Loop a run executes; ``spec`` is None when it is missing or invalid (see ``problem``)."""
 
@@ -121,6 +137,17 @@ class ObservedRun:
     """Placed pods whose inputs and kubeconfig are gone from their target cluster."""
     resumes: dict[int, str] = field(default_factory=dict)
     """Paused iterations a human resumed (``kloop.dev/resume``), with who resumed them."""
+    connectors: dict[tuple[str, str], ConnectorOutcome] = field(default_factory=dict)
+    """MCP handshakes the I/O layer made, by (stage, connector)."""
+
+
+@dataclass(frozen=True)
+class SecretEnv:
+    """An environment variable a pod takes from a key of a Secret (the value never passes here)."""
+
+    name: str
+    secret: str
+    key: str
 
 
 @dataclass(frozen=True)
@@ -136,6 +163,8 @@ class PodRequest:
     files: dict[str, str] = field(default_factory=dict)
     in_target: bool = False
     """Create the pod inside the target cluster (placement Target), not in the run's namespace."""
+    secret_env: tuple[SecretEnv, ...] = ()
+    """Variables from Secrets of the run's namespace (connector headers)."""
 
 
 @dataclass(frozen=True)
@@ -186,7 +215,23 @@ class MeasureDrift:
     cluster: str
 
 
-Action = CreatePod | DeletePod | EvaluateOracle | MeasureDrift | AppendMemory | RecordEvent
+@dataclass(frozen=True)
+class CheckConnector:
+    """MCP handshake (initialize + tools/list) with a connector, before a stage's first pod."""
+
+    stage: str
+    connector: str
+
+
+Action = (
+    CreatePod
+    | DeletePod
+    | EvaluateOracle
+    | MeasureDrift
+    | CheckConnector
+    | AppendMemory
+    | RecordEvent
+)
 
 
 @dataclass(frozen=True)
