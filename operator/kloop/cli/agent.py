@@ -150,8 +150,8 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
     Exit 1 when the harness could not be asked: the reason is written instead of a result, so the
     run's message shows it.
     """
-    if args.role is None:
-        raise SystemExit("kloop-agent run needs --role (or $KLOOP_ROLE)")
+    if args.role not in ("maker", "checker"):
+        raise SystemExit(f"kloop-agent run is for makers and checkers: --role {args.role}")
     if args.attempts < 1:
         raise SystemExit("--attempts must be at least 1")
     if args.harness == "command" and not command:
