@@ -382,3 +382,21 @@ def test_a_makers_invalid_agent_output_is_a_maker_error_with_its_tokens() -> Non
     assert maker is not None and (maker.outcome, maker.tokens) == ("error", 300)
     assert d.status.usage.tokens == 300
     assert "no valid answer" in (d.status.message or "")
+
+
+def test_print_prompt_shows_the_prompt_without_asking_anyone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KLOOP_GOAL", "fix the login")
+    root = str(kloop_dir(tmp_path))
+    code = main(["run", "--role", "checker", "--harness", "openai", "--print-prompt",
+                 "--kloop-dir", root, "--path", str(tmp_path / "r")])  # fmt: skip
+    assert code == 0 and not (tmp_path / "r").exists()
+    out = capsys.readouterr().out
+    assert out.startswith("You are a checker") and "fix the login" in out
+
+
+def test_run_is_only_for_makers_and_checkers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLOOP_ROLE", "teardown")
+    with pytest.raises(SystemExit, match="makers and checkers"):
+        main(["run", "--harness", "command", "--", "true"])
