@@ -85,7 +85,10 @@ def _pip(venv_python: Path, *args: str) -> list[str]:
 
 
 def ensure_wheel(log: Path) -> Path:
-    """The llama-cpp-python wheel, compiled from its sdist once (the slow part)."""
+    """The llama-cpp-python wheel, compiled from its sdist once (the slow part).
+
+    ``pip -v`` puts cmake's ``[ 42%] Building …`` lines in the log: the progress line shows them.
+    """
     found = sorted(WHEELS.glob(f"llama_cpp_python-{LLAMA_CPP_VERSION}-*.whl"))
     if found:
         return found[-1]
@@ -99,7 +102,7 @@ def ensure_wheel(log: Path) -> Path:
         say(f"compiling llama-cpp-python {LLAMA_CPP_VERSION} from source (~6 min on 2 cores)")
         _run_logged(
             _pip(
-                Path(sys.executable), "wheel", "--no-deps", "--no-binary", "llama-cpp-python",
+                Path(sys.executable), "wheel", "-v", "--no-deps", "--no-binary", "llama-cpp-python",
                 "--wheel-dir", tmp, f"llama-cpp-python=={LLAMA_CPP_VERSION}",
             ),
             log, "pip wheel llama-cpp-python", env,

@@ -32,6 +32,9 @@ pytestmark = pytest.mark.e2e
 PRICE = 1000.0
 """USD per million tokens, input and output alike: the cost is exactly tokens / 1000."""
 
+LLAMA_CPP_PYTHON = ["--response-format", "json_object"]
+"""llama-cpp-python's server takes the schema as ``json_object`` + ``schema``, not ``json_schema``."""
+
 MAKER = (
     "printf '%s' 'hello, world' > /tmp/greeting.txt; printf '%s' "
     """'{"v":1,"outcome":"changed","summary":"wrote greeting.txt: hello, world"}'"""
@@ -134,7 +137,7 @@ def test_llm_judge_returns_a_schema_valid_verdict_with_real_usage_counted_and_pr
     kit_ref: str,
 ) -> None:
     env = {"OPENAI_BASE_URL": endpoint.base_url, "KLOOP_MODEL": endpoint.model}
-    args = ["--harness", "openai", "--max-tokens", "256", "--temperature", "0"]
+    args = ["--harness", "openai", *LLAMA_CPP_PYTHON, "--max-tokens", "256", "--temperature", "0"]
     loop = judge_loop("judged", [checker("judge", kit_container(kit_ref, args, env))])
     create_loop(api_client, namespace, loop)
     before = endpoint.requests()
@@ -164,7 +167,7 @@ def test_invalid_model_output_is_retried_then_reported_as_invalid_agent_output(
     kit_ref: str,
 ) -> None:
     env = {"OPENAI_BASE_URL": endpoint.base_url, "KLOOP_MODEL": endpoint.model}
-    cut = ["--harness", "openai", "--max-tokens", "3", "--attempts", "2"]
+    cut = ["--harness", "openai", *LLAMA_CPP_PYTHON, "--max-tokens", "3", "--attempts", "2"]
     garbage = ["--harness", "command", "--attempts", "2", "--",
                "sh", "-c", "cat > /dev/null; echo 'looks fine to me'"]  # fmt: skip
     create_loop(

@@ -155,3 +155,14 @@ def test_an_endpoint_error_fails_the_pod_with_the_reason(
     code, text = judge(tmp_path, url)
     assert code == 1
     assert text.startswith("kloop-agent: ") and "model tiny does not exist" in text
+
+
+def test_json_object_format_sends_the_schema_the_way_llama_cpp_python_takes_it(
+    tmp_path: Path, server: tuple[str, Script]
+) -> None:
+    url, script = server
+    script.replies = [completion('{"verdict": "pass", "reasons": ["ok"], "score": null}')]
+    code, text = judge(tmp_path, url, "--response-format", "json_object")
+    assert code == 0 and parse_checker_result(text).verdict == "pass"
+    ((_, body),) = script.requests
+    assert body["response_format"] == {"type": "json_object", "schema": answer_schema("checker")}

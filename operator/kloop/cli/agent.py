@@ -89,6 +89,13 @@ def _add_run(sub: Any) -> None:
     run.add_argument("--max-tokens", type=int, help="cap on each answer's tokens (openai)")
     run.add_argument("--temperature", type=float, help="sampling temperature (openai)")
     run.add_argument(
+        "--response-format",
+        choices=["json_schema", "json_object"],
+        default="json_schema",
+        help="how the schema is sent (openai): json_schema (OpenAI, vLLM, llama.cpp's server) "
+        "or json_object with a schema (llama-cpp-python's server)",
+    )
+    run.add_argument(
         "--timeout", type=float, default=600.0, help="seconds per request or command run"
     )
     run.add_argument("--kloop-dir", default=str(KLOOP_DIR), help=argparse.SUPPRESS)
@@ -141,6 +148,7 @@ def _harness(args: argparse.Namespace, command: list[str]) -> Harness:
         max_tokens=args.max_tokens,
         temperature=args.temperature,
         timeout=args.timeout,
+        response_format=args.response_format,
     )
 
 

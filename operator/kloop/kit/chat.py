@@ -1,9 +1,10 @@
 """An OpenAI-compatible chat endpoint, through the official ``openai`` SDK.
 
-The answer is constrained with ``response_format`` ``json_schema`` (OpenAI's structured outputs;
-llama.cpp, vLLM and others turn it into a grammar), so a capable endpoint cannot answer outside
-the schema; the kit still validates, because not every endpoint enforces it and a ``max_tokens``
-cut leaves half an object.
+The answer is constrained by the schema in ``response_format``: ``json_schema`` is OpenAI's
+structured outputs (vLLM and llama.cpp's own server take it too); ``json_object`` with a
+``schema`` is the form llama-cpp-python's server takes (it refuses ``json_schema``). Either way a
+capable endpoint cannot answer outside the schema; the kit still validates, because not every
+endpoint enforces it and a ``max_tokens`` cut leaves half an object.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class ChatHarness:
         temperature: float | None = None,
         timeout: float = 600.0,
         sdk_retries: int = 2,
+        response_format: str = "json_schema",
     ) -> None:
         # a local endpoint needs no key, but the SDK insists on one
         key = api_key or ("unused" if base_url else None)
@@ -42,6 +44,16 @@ class ChatHarness:
         self.role = role
         self.max_tokens = max_tokens
         self.temperature = temperature
+        self.response_format = response_format
+
+    def _response_format(self, schema: dict[str, Any]) -> Any:
+        if self.response_format == "json_object":
+            return {"type": "json_object", "schema": schema}
+        name = f"kloop_{self.role}_answer"
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": name, "schema": schema, "strict": True},
+        }
 
     def ask(self, prompt: Prompt, schema: dict[str, Any], retry: Retry | None) -> Reply:
         """One completion; transport and HTTP errors (after the SDK's retries) fail the harness."""
@@ -63,14 +75,7 @@ class ChatHarness:
             response = self.client.chat.completions.create(
                 model=self.model,
                 messages=messages,
-                response_format={
-                    "type": "json_schema",
-                    "json_schema": {
-                        "name": f"kloop_{self.role}_answer",
-                        "schema": schema,
-                        "strict": True,
-                    },
-                },
+                response_format=self._response_format(schema),
                 **extra,
             )
         except openai.APIError as err:
