@@ -33,7 +33,7 @@ PRICE = 1000.0
 """USD per million tokens, input and output alike: the cost is exactly tokens / 1000."""
 
 LLAMA_CPP_PYTHON = ["--response-format", "json_object"]
-"""llama-cpp-python's server takes the schema as ``json_object`` + ``schema``, not ``json_schema``."""
+"""llama-cpp-python's server wants the schema as ``json_object`` + ``schema``."""
 
 MAKER = (
     "printf '%s' 'hello, world' > /tmp/greeting.txt; printf '%s' "
