@@ -1,8 +1,8 @@
 # kloop images. One Dockerfile, two targets (docs/images.md):
 #   --target operator   kloop-operator, non-root (65532), a venv, the base's Python and git (for
 #                       git triggers: `git ls-remote`)
-#   --target kit        the agent kit for makers and checkers: python3, kloop-agent, kubectl, git,
-#                       busybox applets; non-root (65532)
+#   --target kit        the agent kit for makers and checkers: python3, kloop-agent (with the openai
+#                       SDK for `kloop-agent run`), kubectl, git, busybox applets; non-root (65532)
 #
 # BASE and KIT_BASE are Debian (bookworm) images with python3. The defaults are Docker Hub's
 # python slim image; `make image` passes bases that mmdebstrap made on this machine, because it

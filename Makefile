@@ -41,8 +41,9 @@ dashboard: $(STAMP) ## Regenerate the chart's Grafana dashboard from e2e/dashboa
 
 # Both pytest runs share one cluster; it is stopped at the end only if it was not up before (and
 # KLOOP_KEEP_CLUSTER is not 1). Both runs always run; the target fails if either failed.
-test: lint ## Lint, then the whole suite (unit, integration, e2e), then the engine e2e in-cluster
+test: lint ## Lint, build (cluster, test model, images), the whole suite, then the engine e2e in-cluster
 	$(PY) -m e2e.cluster build
+	$(PY) -m e2e.llm build
 	$(PY) -m e2e.image --no-import
 	@was_up=1; $(PY) -c 'from e2e.cluster import local; raise SystemExit(not local.any_running())' \
 	  || was_up=0; \

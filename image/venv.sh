@@ -1,7 +1,8 @@
 #!/bin/sh
 # Make /venv and install kloop from /src into it (run inside the Dockerfile's builder stages).
 #   venv.sh operator   kloop with all its dependencies (kopf, kubernetes, ...)
-#   venv.sh kit        kloop without its dependencies, plus pydantic: all kloop-agent imports
+#   venv.sh kit        kloop without its dependencies, plus pydantic and openai: all kloop-agent
+#                      imports (openai for `kloop-agent run --harness openai`)
 # With wheels in /ctx/wheels (`make wheels`) nothing touches the network (--no-index; pip runs
 # from its own wheel, so the base needs no pip); without them pip uses the base's pip and the
 # package index. No pip itself, cache or wheel is left in /venv.
@@ -17,7 +18,7 @@ else
   pip() { python3 -m pip --python /venv/bin/python install "$@"; }
 fi
 if [ "$mode" = kit ]; then
-  pip pydantic
+  pip pydantic openai
   pip --no-deps /src
 else
   pip /src

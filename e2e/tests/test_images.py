@@ -92,6 +92,8 @@ set -e
 test "$(id -u)" = 65532
 python3 -c 'import sys; assert sys.version_info >= (3, 11), sys.version'
 kloop-agent --help | grep -q 'usage: kloop-agent'
+kloop-agent run --help | grep -q -- '--harness {command,openai}'
+python3 -c 'import openai'  # kloop-agent run --harness openai
 kubectl version --client | grep -q 'Client Version: v1\.'
 git --version | grep -q '^git version'
 busybox | head -n 1 | grep -q '^BusyBox'

@@ -7,7 +7,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from kloop.api.loop import LoopSpec
+from kloop.api.loop import LoopSpec, Pricing
 from kloop.api.looprun import LoopRunSpec
 from kloop.api.pod import PodTemplate
 from kloop.core import names
@@ -36,6 +36,28 @@ def _template_for(req: PodRequest, loop: LoopSpec) -> tuple[PodTemplate, int]:
     return checker.template, checker.timeout_seconds
 
 
+def _pricing_for(req: PodRequest, loop: LoopSpec) -> Pricing | None:
+    """The agent's own prices, else the Loop's (teardown pods use the Loop's)."""
+    own = None
+    if req.role is Role.MAKER:
+        own = loop.maker.pricing
+    elif req.checker:
+        own = next((c.pricing for c in loop.checkers if c.name == req.checker), None)
+    return own or loop.pricing
+
+
+def pricing_env(pricing: Pricing | None) -> dict[str, str]:
+    """KLOOP_PRICE_* (US dollars per million tokens) for ``kloop-agent run``; none unpriced."""
+    if pricing is None:
+        return {}
+    cached = pricing.cached_input_usd_per_mtok
+    return {
+        "KLOOP_PRICE_INPUT_USD_PER_MTOK": repr(pricing.input_usd_per_mtok),
+        "KLOOP_PRICE_OUTPUT_USD_PER_MTOK": repr(pricing.output_usd_per_mtok),
+        **({"KLOOP_PRICE_CACHED_INPUT_USD_PER_MTOK": repr(cached)} if cached is not None else {}),
+    }
+
+
 def contract_env(
     req: PodRequest, run: Json, loop_name: str, loop: LoopSpec, run_spec: LoopRunSpec
 ) -> list[Json]:
@@ -60,6 +82,7 @@ def contract_env(
         env["KLOOP_WORKSPACE"] = WORKSPACE_DIR
     if MCP_FILE in req.files:
         env["KLOOP_MCP_CONFIG"] = MCP_CONFIG
+    env.update(pricing_env(_pricing_for(req, loop)))
     variables: list[Json] = [{"name": k, "value": v} for k, v in env.items()]
     # connector headers: from their Secret by reference, so no value is in the pod spec
     variables += [

@@ -19,6 +19,24 @@ Name = Annotated[str, StringConstraints(max_length=63, pattern=DNS_LABEL)]
 ObjectName = Annotated[str, StringConstraints(max_length=253, pattern=DNS_SUBDOMAIN)]
 
 
+class Pricing(KubeModel):
+    """What a model's tokens cost, in US dollars per million tokens (the providers' unit).
+
+    Passed to agent pods as KLOOP_PRICE_* variables; ``kloop-agent run`` multiplies the model's
+    own usage numbers by them to report ``costUSD``.
+    """
+
+    input_usd_per_mtok: float = Field(ge=0, le=10**6, alias="inputUSDPerMTok")
+    """Price of a million prompt (input) tokens."""
+    output_usd_per_mtok: float = Field(ge=0, le=10**6, alias="outputUSDPerMTok")
+    """Price of a million completion (output) tokens."""
+    cached_input_usd_per_mtok: float | None = Field(
+        default=None, ge=0, le=10**6, alias="cachedInputUSDPerMTok"
+    )
+    """Price of a million input tokens read from the provider's prompt cache (default: the
+    input price)."""
+
+
 class Maker(KubeModel):
     """The agent that does the work in each iteration."""
 
@@ -26,6 +44,8 @@ class Maker(KubeModel):
     """The maker's pod template."""
     timeout_seconds: int = Field(default=900, ge=1, le=86400)
     """Wall-clock limit for one maker pod; past it the iteration is an error (timeout)."""
+    pricing: Pricing | None = None
+    """The maker's model prices (default: spec.pricing)."""
 
 
 class CheckerKind(StrEnum):
@@ -105,6 +125,8 @@ class Checker(KubeModel):
     """How often a pod checker that errored (failed, timed out, was lost or untrusted) is run
     again in the same iteration before its error fails the target. HTTP oracles retry their
     transport errors within timeoutSeconds; their error verdicts are policy refusals."""
+    pricing: Pricing | None = None
+    """This checker's model prices, e.g. a cheaper judge model (default: spec.pricing)."""
 
 
 class Memory(KubeModel):
@@ -512,6 +534,9 @@ class LoopSpec(KubeModel):
     connectors: list[Connector] | None = Field(default=None, max_length=16)
     """MCP servers the agents may use: checked before each stage's first pod, written to
     /kloop/mcp.json in the pods of their roles (docs/agents.md)."""
+    pricing: Pricing | None = None
+    """Model prices of the agents that do not set their own: what ``kloop-agent run`` charges
+    per token of the model's reported usage (docs/agents.md)."""
     status_iterations: int = Field(default=10, ge=1, le=50)
     """Detailed iteration records a LoopRun keeps in status; older ones are folded into
     status.earlierIterations (counts and last failures). Records are shortened to fit a fixed

@@ -30,6 +30,25 @@ class Verdict(StrEnum):
     INCONCLUSIVE = "inconclusive"
 
 
+class AgentErrorReason(StrEnum):
+    """Why an agent that ran to the end has no usable answer (the run records it as an error)."""
+
+    INVALID_AGENT_OUTPUT = "InvalidAgentOutput"
+
+
+class AgentError(BaseModel):
+    """An agent's own report that it failed, with the tokens it spent still counted.
+
+    ``kloop-agent run`` writes it when the model's answer never matched the schema: the run
+    records an error with this reason instead of a verdict or an outcome.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: AgentErrorReason
+    message: str = Field(default="", max_length=1024)
+
+
 class _Result(BaseModel):
     # Infinity, NaN and 1e309 (which JSON parsers read as infinity) are refused: they are not
     # valid JSON for the apiserver, and a run's usage or score must stay a real number.
@@ -49,6 +68,8 @@ class MakerResult(_Result):
     artifacts: dict[str, Annotated[str, StringConstraints(max_length=1024)]] = Field(
         default_factory=dict
     )
+    error: AgentError | None = None
+    """Set by an agent that failed after spending tokens: the maker's outcome is an error."""
 
 
 class DriftReport(BaseModel):
@@ -71,6 +92,8 @@ class CheckerResult(_Result):
     drift: DriftReport | None = None
     tokens: int = Field(default=0, ge=0, le=10**12)
     cost_usd: float = Field(default=0.0, ge=0, le=10**9, alias="costUSD")
+    error: AgentError | None = None
+    """Set by a checker that failed after spending tokens: its verdict is an error."""
 
 
 class InvalidResult(ValueError):

@@ -2,6 +2,12 @@
 
     kloop-agent report maker --outcome changed --summary "fixed the test" --tokens 1200
     kloop-agent report checker --verdict fail --reason "test_login still flaky"
+    kloop-agent run --role checker --harness openai --model gpt-5-mini
+    kloop-agent run --role maker --harness command -- claude -p --output-format json
+
+``run`` is the agent kit (docs/agents.md): it builds the prompt from the contract's inputs, asks
+a command-line agent or an OpenAI-compatible endpoint, retries invalid answers, and reports the
+result with the model's usage.
 
 The result is validated against the same pydantic schema the operator uses, trimmed to fit the
 4 KiB Kubernetes keeps of a termination message, and written to /dev/termination-log (or
@@ -15,10 +21,18 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from kloop.api.results import TERMINATION_MESSAGE_LIMIT, CheckerResult, MakerResult
+from kloop.kit.answers import answer_schema
+from kloop.kit.command import CommandHarness
+from kloop.kit.harness import Harness, HarnessFailed
+from kloop.kit.inputs import KLOOP_DIR, read_inputs
+from kloop.kit.prompt import build_prompt
+from kloop.kit.run import run_turn
+from kloop.kit.usage import Prices
 
 DEFAULT_PATH = "/dev/termination-log"
 
@@ -52,10 +66,50 @@ def _artifacts(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _add_run(sub: Any) -> None:
+    run = sub.add_parser(
+        "run",
+        help="run an agent turn: prompt, ask a harness, report its result",
+        description="Build the prompt from /kloop, ask the harness, write the result. "
+        "With --harness command, the agent's command follows `--`.",
+    )
+    run.add_argument("--role", choices=["maker", "checker"], default=os.environ.get("KLOOP_ROLE"))
+    run.add_argument("--harness", choices=["command", "openai"], required=True)
+    run.add_argument(
+        "--model",
+        default=os.environ.get("KLOOP_MODEL") or os.environ.get("OPENAI_MODEL"),
+        help="model name for --harness openai (default $KLOOP_MODEL, then $OPENAI_MODEL)",
+    )
+    run.add_argument(
+        "--base-url",
+        default=os.environ.get("OPENAI_BASE_URL"),
+        help="the endpoint's base URL, e.g. http://host:8000/v1 (default $OPENAI_BASE_URL)",
+    )
+    run.add_argument("--attempts", type=int, default=3, help="tries before InvalidAgentOutput")
+    run.add_argument("--max-tokens", type=int, help="cap on each answer's tokens (openai)")
+    run.add_argument("--temperature", type=float, help="sampling temperature (openai)")
+    run.add_argument(
+        "--response-format",
+        choices=["json_schema", "json_object"],
+        default="json_schema",
+        help="how the schema is sent (openai): json_schema (OpenAI, vLLM, llama.cpp's server) "
+        "or json_object with a schema (llama-cpp-python's server)",
+    )
+    run.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds per request or command run"
+    )
+    run.add_argument("--kloop-dir", default=str(KLOOP_DIR), help=argparse.SUPPRESS)
+    run.add_argument(
+        "--print-prompt", action="store_true", help="print the prompt and exit (no model call)"
+    )
+    run.add_argument("--path", default=os.environ.get("KLOOP_RESULT_PATH", DEFAULT_PATH))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The CLI: one ``report`` command with a maker and a checker form."""
+    """The CLI: ``report`` (a maker and a checker form) and ``run`` (the agent kit)."""
     parser = argparse.ArgumentParser(prog="kloop-agent", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
     report = sub.add_parser("report", help="write this pod's result for the operator")
     roles = report.add_subparsers(dest="role", required=True)
     maker = roles.add_parser("maker", help="report what the maker did")
@@ -75,9 +129,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say(message: str) -> None:
+    print(f"kloop-agent: {message}", file=sys.stderr, flush=True)
+
+
+def _harness(args: argparse.Namespace, command: list[str]) -> Harness:
+    if args.harness == "command":
+        return CommandHarness(command, timeout=args.timeout)
+    if not args.model:
+        raise SystemExit("kloop-agent run --harness openai needs --model (or $KLOOP_MODEL)")
+    from kloop.kit.chat import ChatHarness  # the openai SDK only when it is used
+
+    return ChatHarness(
+        model=args.model,
+        base_url=args.base_url,
+        api_key=os.environ.get("OPENAI_API_KEY"),
+        role=args.role,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        timeout=args.timeout,
+        response_format=args.response_format,
+    )
+
+
+def run(args: argparse.Namespace, command: list[str]) -> int:
+    """``kloop-agent run``: exit 0 with a result written (an InvalidAgentOutput error included).
+
+    Exit 1 when the harness could not be asked: the reason is written instead of a result, so the
+    run's message shows it.
+    """
+    if args.role not in ("maker", "checker"):
+        raise SystemExit(f"kloop-agent run is for makers and checkers: --role {args.role}")
+    if args.attempts < 1:
+        raise SystemExit("--attempts must be at least 1")
+    if args.harness == "command" and not command:
+        raise SystemExit("--harness command needs the agent's command after --")
+    inputs = read_inputs(args.role, root=Path(args.kloop_dir))
+    if args.print_prompt:
+        prompt = build_prompt(inputs, answer_schema(args.role))
+        print(f"{prompt.system}\n\n{prompt.user}")
+        return 0
+    try:
+        result = run_turn(
+            inputs, _harness(args, command), args.attempts, Prices.from_env(os.environ), _say
+        )
+    except HarnessFailed as err:
+        _say(f"the {args.harness} harness failed: {err}")
+        Path(args.path).write_text(f"kloop-agent: {err}"[:TERMINATION_MESSAGE_LIMIT])
+        return 1
+    text = _fit(result)
+    _say(f"result: {text}")
+    Path(args.path).write_text(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Validate and write one result; exit 2 with the reason when it does not validate."""
+    argv = sys.argv[1:] if argv is None else argv
+    command: list[str] = []
+    if argv[:1] == ["run"] and "--" in argv:
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return run(args, command)
     try:
         result: BaseModel
         if args.role == "maker":

@@ -107,6 +107,15 @@ def assess_maker(pod: ObservedPod, timeout_seconds: int, now: datetime) -> Maker
         return MakerRecord(
             pod=pod.name, outcome=ERROR, summary=result.message, error_reason=result.reason.value
         )
+    if result.error is not None:  # the agent ran, spent tokens, and says why it has no answer
+        return MakerRecord(
+            pod=pod.name,
+            outcome=ERROR,
+            summary=f"maker: {result.error.message}" if result.error.message else "maker failed",
+            error_reason=result.error.reason.value,
+            tokens=result.tokens,
+            cost_usd=result.cost_usd,
+        )
     return MakerRecord(
         pod=pod.name,
         outcome=result.outcome.value,
@@ -126,6 +135,15 @@ def assess_checker(
     if isinstance(result, PodError):
         return CheckerRecord(
             name=name, verdict=ERROR, reasons=[result.message], error_reason=result.reason.value
+        )
+    if result.error is not None:
+        return CheckerRecord(
+            name=name,
+            verdict=ERROR,
+            reasons=[f"checker {name!r}: {result.error.message}"[:1024]],
+            error_reason=result.error.reason.value,
+            tokens=result.tokens,
+            cost_usd=result.cost_usd,
         )
     return CheckerRecord(
         name=name,
