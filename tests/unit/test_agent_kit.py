@@ -149,6 +149,14 @@ def test_the_json_object_is_found_in_plain_fenced_or_prose_answers(text: str) ->
     assert extract_json(text)["verdict"] == "pass"
 
 
+def test_the_answer_in_prose_is_the_outer_object_not_one_nested_in_it() -> None:
+    text = (
+        'My verdict: {"verdict": "fail", "reasons": ["main() {} is empty", "see {\\"a\\": 1}"],'
+        ' "score": 0.1, "x": {"y": {}}} Done.'
+    )
+    assert extract_json(text)["verdict"] == "fail"
+
+
 @pytest.mark.parametrize("text", ["", "garbage", '{"verdict": "pa', "[1, 2]"])
 def test_no_object_is_an_invalid_answer(text: str) -> None:
     with pytest.raises(InvalidAnswer):
