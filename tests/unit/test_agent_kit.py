@@ -359,6 +359,15 @@ def test_a_failing_command_fails_the_pod_with_its_reason(tmp_path: Path) -> None
     assert text == "kloop-agent: sh exited with code 3"
 
 
+def test_a_command_that_times_out_is_named_without_its_arguments(tmp_path: Path) -> None:
+    code, text = run_cli(
+        tmp_path, "maker", "--harness", "command", "--timeout", "0.5", "--",
+        "sh", "-c", "sleep 5; true", "{prompt}", "--api-key=sk-SECRET",
+    )  # fmt: skip
+    assert code == 1
+    assert text == "kloop-agent: sh: no answer within 0.5s"
+
+
 # --- the operator records the kit's error with its usage ----------------------------------------
 
 
