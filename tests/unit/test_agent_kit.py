@@ -375,6 +375,12 @@ def test_a_command_that_times_out_is_named_without_its_arguments(tmp_path: Path)
     assert text == "kloop-agent: sh: no answer within 0.5s"
 
 
+def test_a_harness_failure_fits_the_termination_message_in_bytes(tmp_path: Path) -> None:
+    code, _ = run_cli(tmp_path, "maker", "--harness", "command", "--", "no-such-agent-é" * 2000)
+    assert code == 1
+    assert 4000 < len((tmp_path / "result").read_bytes()) <= 4096
+
+
 # --- the operator records the kit's error with its usage ----------------------------------------
 
 
