@@ -175,7 +175,8 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         )
     except HarnessFailed as err:
         _say(f"the {args.harness} harness failed: {err}")
-        Path(args.path).write_text(f"kloop-agent: {err}"[:TERMINATION_MESSAGE_LIMIT])
+        message = f"kloop-agent: {err}".encode()[:TERMINATION_MESSAGE_LIMIT]  # a limit in bytes
+        Path(args.path).write_bytes(message.decode(errors="ignore").encode())
         return 1
     text = _fit(result)
     _say(f"result: {text}")

@@ -81,15 +81,20 @@ def extract_json(text: str) -> dict[str, Any]:
             continue
         if isinstance(value, dict):
             return value
+    # the last top-level object: after one is decoded, the braces inside it are not tried
+    # (an object in a reason, or "{}" in quoted code, is part of the answer, not the answer)
     decoder = json.JSONDecoder()
     found: dict[str, Any] | None = None
-    for match in re.finditer(r"\{", text):
+    start = text.find("{")
+    while start != -1:
         try:
-            value, _ = decoder.raw_decode(text, match.start())
+            value, end = decoder.raw_decode(text, start)
         except ValueError:
+            start = text.find("{", start + 1)
             continue
         if isinstance(value, dict):
             found = value
+        start = text.find("{", end)
     if found is None:
         raise InvalidAnswer(f"no JSON object in the answer: {_quote(stripped)}")
     return found

@@ -110,8 +110,11 @@ class CommandHarness:
                     errors="replace",
                     timeout=self.timeout,
                 )
-            except (OSError, subprocess.TimeoutExpired) as err:
-                raise HarnessFailed(f"{argv[0]}: {err}") from err
+            except subprocess.TimeoutExpired as err:
+                # not str(err): it quotes the whole argv (the prompt, perhaps a secret)
+                raise HarnessFailed(f"{argv[0]}: no answer within {self.timeout:g}s") from err
+            except OSError as err:
+                raise HarnessFailed(f"{argv[0]}: {err.strerror or type(err).__name__}") from err
         if done.returncode != 0:
             raise HarnessFailed(f"{argv[0]} exited with code {done.returncode}")
         return parse_output(done.stdout)
