@@ -23,7 +23,7 @@ from kloop.cli.agent import main
 from kloop.core.model import PodRequest, Role
 from kloop.kit.answers import InvalidAnswer, answer_schema, extract_json, to_result
 from kloop.kit.command import parse_output
-from kloop.kit.harness import Reply, Retry
+from kloop.kit.harness import HarnessFailed, Reply, Retry
 from kloop.kit.inputs import AgentInputs, read_inputs
 from kloop.kit.prompt import Prompt, build_prompt
 from kloop.kit.run import run_turn
@@ -315,6 +315,29 @@ def test_no_valid_answer_in_all_attempts_is_invalid_agent_output_with_its_usage(
     assert "2 attempt(s)" in result.error.message and "summary" in result.error.message
     assert result.tokens == 240
     assert len(harness.retries) == 2
+
+
+@dataclass
+class FailsAfter(Scripted):
+    """Answers from the list, then fails as an endpoint that went away."""
+
+    def ask(self, prompt: Prompt, schema: dict[str, Any], retry: Retry | None) -> Reply:
+        if not self.answers:
+            raise HarnessFailed("the endpoint answered HTTP 503")
+        return super().ask(prompt, schema, retry)
+
+
+def test_a_harness_that_fails_after_paid_attempts_still_reports_their_tokens() -> None:
+    harness = FailsAfter(["not json"])
+    result = run_turn(AgentInputs("checker", "g"), harness, 3, Prices(1000, 1000))
+    assert result.error is not None and result.error.reason == "AgentFailed"
+    assert "attempt 2 of 3" in result.error.message and "503" in result.error.message
+    assert result.tokens == 120 and result.cost_usd == pytest.approx(0.12)
+
+
+def test_a_harness_that_fails_before_any_answer_fails_the_pod() -> None:
+    with pytest.raises(HarnessFailed):
+        run_turn(AgentInputs("maker", "g"), FailsAfter([]), 3, None)
 
 
 # --- the command harness, through the CLI -------------------------------------------------------

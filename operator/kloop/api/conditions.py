@@ -64,6 +64,7 @@ class Reason(StrEnum):
     INVALID_AGENT_OUTPUT = "InvalidAgentOutput"
     CONNECTOR_UNAVAILABLE = "ConnectorUnavailable"
     # agent errors
+    AGENT_FAILED = "AgentFailed"
     MAKER_ERROR = "MakerError"
     POD_FAILED = "PodFailed"
     POD_REJECTED = "PodRejected"

@@ -34,6 +34,8 @@ class AgentErrorReason(StrEnum):
     """Why an agent that ran to the end has no usable answer (the run records it as an error)."""
 
     INVALID_AGENT_OUTPUT = "InvalidAgentOutput"
+    AGENT_FAILED = "AgentFailed"
+    """The harness failed (endpoint error, command exit) after earlier attempts spent tokens."""
 
 
 class AgentError(BaseModel):

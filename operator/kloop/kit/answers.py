@@ -147,9 +147,15 @@ def to_result(role: str, answer: dict[str, Any], tokens: int, cost_usd: float) -
         raise InvalidAnswer(_explain(err)) from err
 
 
-def failed_result(role: str, message: str, tokens: int, cost_usd: float) -> Result:
+def failed_result(
+    role: str,
+    message: str,
+    tokens: int,
+    cost_usd: float,
+    reason: AgentErrorReason = AgentErrorReason.INVALID_AGENT_OUTPUT,
+) -> Result:
     """What the kit reports when no attempt gave a valid answer: an error that keeps the usage."""
-    error = AgentError(reason=AgentErrorReason.INVALID_AGENT_OUTPUT, message=message[:1024])
+    error = AgentError(reason=reason, message=message[:1024])
     cost = round(cost_usd, 6)
     if role == "maker":
         return MakerResult(outcome=MakerOutcome.FAILED, tokens=tokens, cost_usd=cost, error=error)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from kloop.api.results import AgentErrorReason
 from kloop.kit.answers import (
     InvalidAnswer,
     Result,
@@ -12,7 +13,7 @@ from kloop.kit.answers import (
     failed_result,
     to_result,
 )
-from kloop.kit.harness import Harness, Retry
+from kloop.kit.harness import Harness, HarnessFailed, Retry
 from kloop.kit.inputs import AgentInputs
 from kloop.kit.prompt import build_prompt
 from kloop.kit.usage import Prices, Usage, cost_usd
@@ -36,7 +37,15 @@ def run_turn(
     usage, retry = Usage(), None
     problem = "no attempt"
     for attempt in range(1, attempts + 1):
-        reply = harness.ask(prompt, schema, retry)
+        try:
+            reply = harness.ask(prompt, schema, retry)
+        except HarnessFailed as err:
+            if not usage.tokens:
+                raise  # nothing spent: the pod fails, as any agent that could not start
+            # earlier attempts were paid for: report them, or the run's budget undercounts
+            message = f"the harness failed at attempt {attempt} of {attempts}: {err}"
+            cost = cost_usd(usage, prices)
+            return failed_result(role, message, usage.tokens, cost, AgentErrorReason.AGENT_FAILED)
         usage += reply.usage
         log(f"attempt {attempt} of {attempts}: {reply.usage.tokens} tokens")
         try:
