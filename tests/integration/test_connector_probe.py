@@ -25,6 +25,7 @@ from e2e.mcp_server import mcp_server
 from kloop.adapters.connectors import probe
 from kloop.adapters.egress import EgressGuard
 from kloop.api.loop import Connector
+from kloop.core.connectors import assess
 
 pytestmark = pytest.mark.integration
 
@@ -168,3 +169,32 @@ def test_a_server_that_is_down_is_unreachable_after_retries() -> None:
         port = s.getsockname()[1]
     outcome = asyncio.run(probe(connector(f"http://127.0.0.1:{port}/mcp"), {}, LOOPBACK))
     assert outcome.error is not None and outcome.error.startswith("unreachable after 3 attempts")
+
+
+def test_headers_the_transport_sets_are_never_sent_from_the_secret() -> None:
+    seen: list[str] = []
+
+    class Record(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            seen.append(str(self.headers.get("Host")))
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST  # noqa: N815
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    http, url = serve(Record)
+    try:
+        # a Host from the Secret would reach another virtual host behind the checked address
+        outcome = asyncio.run(
+            probe(connector(url), {"Host": "internal.example", **HEADERS}, LOOPBACK)
+        )
+    finally:
+        http.shutdown()
+    assert seen == [], "no request left with the Secret's Host header"
+    assert outcome.headers == ("Authorization", "Host") and outcome.tools == ()
+    problem = assess(connector(url), outcome)
+    assert problem is not None and "'Host' is set by the HTTP client" in problem

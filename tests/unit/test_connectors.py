@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -286,3 +287,20 @@ def test_describe_shows_what_each_connector_check_found() -> None:
 def test_connector_names_are_unique_in_a_loop() -> None:
     with pytest.raises(ValidationError, match="connector names must be unique"):
         loop_spec(connectors=[connector(), connector()])
+
+
+def test_two_connectors_whose_header_variables_clash_halt_the_run() -> None:
+    # my-db's X and my's Db-X are both $KLOOP_MCP_MY_DB_X: one server would get the other's value
+    mine = connector(name="my", mcp={"url": URL, "headersSecretRef": {"name": "my-auth"}})
+    db = connector(name="my-db", mcp={"url": URL, "headersSecretRef": {"name": "db-auth"}})
+    sim = Simulation(
+        loop_spec(connectors=[mine, db]),
+        connectors={
+            (STAGE, "my"): replace(FOUND, headers=("Db-X",)),
+            (STAGE, "my-db"): replace(FOUND, headers=("X",)),
+        },
+    )
+    d = sim.step()
+    assert created(d) == []
+    assert d.status.phase is Phase.HALTED and d.status.halt_reason == "ConnectorUnavailable"
+    assert "$KLOOP_MCP_MY_DB_X" in (d.status.message or "")

@@ -30,6 +30,7 @@ from kloop import __version__
 from kloop.adapters.egress import EgressGuard, Refused, Unavailable
 from kloop.adapters.kube import Kube, is_status
 from kloop.api.loop import Connector
+from kloop.core.connectors import header_problems
 from kloop.core.egress import REDACTED, IPAddress, redact_url, scrub
 from kloop.core.model import ConnectorOutcome
 
@@ -259,6 +260,13 @@ async def probe(
     """Initialize + tools/list with one connector, within ``timeout``; never raises."""
     url = connector.mcp.url
     names = tuple(sorted(headers))
+    if header_problems(connector.name, names):
+        # not sent at all (a Secret's Host would reach another virtual host behind the checked
+        # address); the decision names the headers from ``names``
+        log.info(
+            "connector not checked: unusable header names", extra={"connector": connector.name}
+        )
+        return ConnectorOutcome(headers=names)
     found = _Found()
     error: str | None = None
     try:

@@ -85,6 +85,27 @@ def header_problems(connector: str, headers: tuple[str, ...]) -> list[str]:
     return problems
 
 
+def variable_clash(spec: LoopSpec, status: LoopRunStatus) -> str | None:
+    """Two connectors whose headers map to one variable (``my-db``'s ``X``, ``my``'s ``Db-X``).
+
+    A pod would hold one value for both, so one server would be sent the other's header.
+    """
+    headers = {c.name: c.headers for c in status.connectors}
+    seen: dict[str, str] = {}
+    for connector in spec.connectors or []:
+        if connector.mcp.headers_secret_ref is None:
+            continue
+        for header in headers.get(connector.name, []):
+            name = env_name(connector.name, header)
+            other = seen.setdefault(name, connector.name)
+            if other != connector.name:
+                return (
+                    f"connectors {other!r} and {connector.name!r} both have a header that maps "
+                    f"to ${name}: rename a connector or a key of its headersSecretRef"
+                )
+    return None
+
+
 def assess(connector: Connector, outcome: ConnectorOutcome) -> str | None:
     """Why the connector cannot be used (down, unusable headers, missing tools); None if ok."""
     where = f"connector {connector.name!r} ({redact_url(connector.mcp.url)})"
@@ -184,6 +205,9 @@ def connectors_step(p: Pass, spec: LoopSpec, stage: str) -> Gate:
         p.why = p.status.message
         p.wake_in.append(CHECK_WAKE_SECONDS)
         return WAITING
+    clash = variable_clash(spec, p.status)
+    if clash is not None:
+        return Gate(False, clash)
     found = "; ".join(
         f"{c.name}: {c.server_name or '?'} (MCP {c.protocol_version or '?'}, {c.tool_count} tools)"
         for c in p.status.connectors
