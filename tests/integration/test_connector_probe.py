@@ -198,3 +198,32 @@ def test_headers_the_transport_sets_are_never_sent_from_the_secret() -> None:
     assert outcome.headers == ("Authorization", "Host") and outcome.tools == ()
     problem = assess(connector(url), outcome)
     assert problem is not None and "'Host' is set by the HTTP client" in problem
+
+
+def test_a_header_secret_with_a_non_ascii_or_control_character_is_refused_unquoted(
+    cluster: Path, kloop_crds: list[str], namespace: str, api_client: Any
+) -> None:
+    from kubernetes import client
+
+    from kloop.adapters.connectors import ConnectorError, read_headers
+    from kloop.adapters.kube import Kube
+
+    connector = Connector.model_validate(
+        {"name": "t", "mcp": {"url": "http://10.88.0.1:1/mcp", "headersSecretRef": {"name": "h"}}}
+    )
+    core = client.CoreV1Api(api_client)
+    kube = Kube(api_client)
+    for value in ("Bearer zq\u00e9x7", "Bearer zqx7\n"):
+        core.delete_collection_namespaced_secret(namespace)
+        core.create_namespaced_secret(
+            namespace,
+            {"metadata": {"name": "h"}, "stringData": {"Authorization": value}},
+        )
+        with pytest.raises(ConnectorError) as refused:
+            asyncio.run(read_headers(kube, namespace, connector))
+        assert "not a header value" in str(refused.value)
+        assert "zq" not in str(refused.value), "the value is never quoted"
+    core.replace_namespaced_secret(
+        "h", namespace, {"metadata": {"name": "h"}, "stringData": {"Authorization": "Bearer ok"}}
+    )
+    assert asyncio.run(read_headers(kube, namespace, connector)) == {"Authorization": "Bearer ok"}

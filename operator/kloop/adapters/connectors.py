@@ -140,10 +140,10 @@ async def read_headers(kube: Kube, namespace: str, connector: Connector) -> dict
             value = base64.b64decode(raw, validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError) as err:
             raise ConnectorError(f"key {key!r} of Secret {ref.name!r} is not UTF-8 text") from err
-        if "\r" in value or "\n" in value or not value.isprintable():
-            raise ConnectorError(
-                f"key {key!r} of Secret {ref.name!r} holds a line break or another control "
-                "character (a trailing newline from --from-file?): not a header value"
+        if "\r" in value or "\n" in value or not value.isprintable() or not value.isascii():
+            raise ConnectorError(  # checked here, so no encoding error can quote the value
+                f"key {key!r} of Secret {ref.name!r} holds a line break, a control character or "
+                "a non-ASCII character (a trailing newline from --from-file?): not a header value"
             )
         headers[key] = value
     return headers
