@@ -70,6 +70,12 @@ class Reason(StrEnum):
     TIMED_OUT = "TimedOut"
     POD_LOST = "PodLost"
     UNTRUSTED_POD = "UntrustedPod"
+    # the git workspace (docs/agents.md, Worktrees)
+    GIT_REMOTE_UNAVAILABLE = "GitRemoteUnavailable"
+    CHECKOUT_FAILED = "CheckoutFailed"
+    PUSH_REJECTED = "PushRejected"
+    PUSH_FAILED = "PushFailed"
+    NO_NEW_COMMIT = "NoNewCommit"
     # the run's own writes
     STATUS_REJECTED = "StatusRejected"
     MEMORY_REJECTED = "MemoryRejected"

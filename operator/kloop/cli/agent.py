@@ -2,6 +2,7 @@
 
     kloop-agent report maker --outcome changed --summary "fixed the test" --tokens 1200
     kloop-agent report checker --verdict fail --reason "test_login still flaky"
+    kloop-agent workspace clone|push   (kloop's own containers; see kloop.cli.workspace)
 
 The result is validated against the same pydantic schema the operator uses, trimmed to fit the
 4 KiB Kubernetes keeps of a termination message, and written to /dev/termination-log (or
@@ -19,6 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from kloop.api.results import TERMINATION_MESSAGE_LIMIT, CheckerResult, MakerResult
+from kloop.cli import workspace
 
 DEFAULT_PATH = "/dev/termination-log"
 
@@ -72,12 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     checker.add_argument("--cost", type=float, default=0.0, help="cost in USD")
     for p in (maker, checker):
         p.add_argument("--path", default=os.environ.get("KLOOP_RESULT_PATH", DEFAULT_PATH))
+    workspace.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Validate and write one result; exit 2 with the reason when it does not validate."""
     args = build_parser().parse_args(argv)
+    if args.command == "workspace":
+        return workspace.run(args)
     try:
         result: BaseModel
         if args.role == "maker":

@@ -196,11 +196,7 @@ def _start(p: Pass, spec: LoopSpec, limits: Limits, plan: list[StagePlan]) -> No
 
 def _not_yet_supported(spec: LoopSpec) -> list[str]:
     """Fields the API accepts that this version does not act on: said aloud, not ignored."""
-    return [
-        name
-        for name, value in (("workspace", spec.workspace), ("connectors", spec.connectors))
-        if value
-    ]
+    return [name for name, value in (("connectors", spec.connectors),) if value]
 
 
 def _pinned_plan(plan: list[StagePlan], s: LoopRunStatus) -> list[StagePlan] | None:

@@ -19,7 +19,7 @@ from kloop.api.looprun import (
     RecordedVerdict,
     TargetState,
 )
-from kloop.core import names
+from kloop.core import names, workspace
 from kloop.core.assess import PodError, assess_checker, assess_maker
 from kloop.core.context import Pass, Target
 from kloop.core.feedback import feedback
@@ -82,6 +82,7 @@ def collect(p: Pass, spec: LoopSpec | None, t: Target) -> None:
         elif pod.phase != ABSENT:
             outcome = assess_maker(pod, timeout, p.obs.now)
             if outcome is not None:
+                outcome = workspace.settle_maker(record, outcome, pod)
                 record_maker(p, record, outcome, name, pod)
     if record.maker is None or record.maker.outcome == Outcome.ERROR:
         return
@@ -145,6 +146,8 @@ def record_maker(
     else:
         p.status.message = f"{where}: maker {result.outcome}, graders running"
         p.event(Reason.ITERATING, f"maker of {where}: {result.outcome}: {result.summary}")
+    if record.workspace is not None and record.workspace.note:
+        p.event(Reason.NO_NEW_COMMIT, f"{where}: {record.workspace.note}", True)
 
 
 # --- moving a target on ------------------------------------------------------------------------
@@ -161,6 +164,11 @@ def await_maker(p: Pass, spec: LoopSpec, t: Target) -> None:
         record_maker(p, record, PodError(Reason.UNTRUSTED_POD, message), name)
         return
     if pod is None:
+        checkout = workspace.maker_checkout(
+            spec, p.status, p.obs.name, t.stage.name, t.cluster, record.number
+        )
+        if checkout is not None and record.workspace is None:
+            record.workspace = workspace.record_for(checkout)
         request_pod(
             p,
             record.pods,
@@ -171,6 +179,7 @@ def await_maker(p: Pass, spec: LoopSpec, t: Target) -> None:
                 t.stage.name,
                 t.cluster,
                 files={"feedback.json": feedback(p.status, t.stage.name, t.cluster, record.number)},
+                workspace=checkout,
             ),
         )
         p.why = p.why or f"maker of iteration {record.number} ({t.stage.name}/{t.cluster}) created"
