@@ -209,3 +209,18 @@ def test_parallel_targets_never_share_a_branch_and_each_continues_its_own() -> N
     assert checkout_of(sim, "r-s0-b-i3-maker") == Checkout(
         "kloop/r/prod-b-i3", "kloop/r/prod-b-i2", commit=C2, push=True
     ), "b continues from b's branch, not a's"
+
+
+def test_the_maker_is_recorded_only_once_kloops_push_has_reported() -> None:
+    sim = Simulation(loop_spec(workspace=git()))
+    sim.step()
+    done = ended(maker_pod(1), maker_ok(), pushed={"commit": C1})
+    still_pushing = replace(
+        done, kloop_containers={**done.kloop_containers, PUSH_CONTAINER: ContainerEnd(False)}
+    )
+    finish(sim, still_pushing)
+    assert sim.status.iterations[0].maker is None, "Succeeded, but the sidecar still pushes"
+    assert sim.last is not None and sim.last.requeue_after == 2.0
+    finish(sim, done)
+    assert sim.status.iterations[0].workspace.commit == C1  # type: ignore[union-attr]
+    assert checker_pod(1) in requested(sim)

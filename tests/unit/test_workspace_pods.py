@@ -173,3 +173,20 @@ def test_the_agents_head_is_read_as_data_from_loose_and_packed_refs(tmp_path: Pa
     assert agent_head(tmp_path) == "e" * 40
     (git / "HEAD").write_text("ref: ../../etc/passwd\n")
     assert agent_head(tmp_path) is None
+
+
+def test_a_missing_kit_image_is_a_pod_that_cannot_start() -> None:
+    pod = {
+        "metadata": {"name": "p", "uid": "u"},
+        "spec": {"containers": [{"name": "main"}]},
+        "status": {
+            "phase": "Pending",
+            "initContainerStatuses": [
+                {"name": CLONE_CONTAINER, "state": {"waiting": {"reason": "ErrImageNeverPull"}}}
+            ],
+            "containerStatuses": [
+                {"name": "main", "state": {"waiting": {"reason": "PodInitializing"}}}
+            ],
+        },
+    }
+    assert observe_pod(pod).reason == "ErrImageNeverPull"

@@ -216,6 +216,9 @@ def observe_pod(pod: Json) -> ObservedPod:
     ours = {}  # kloop's own init containers (the workspace clone and push)
     for init in status.get("initContainerStatuses") or []:
         if str(init.get("name", "")).startswith("kloop-"):
+            stuck = ((init.get("state") or {}).get("waiting") or {}).get("reason")
+            if stuck in ("ErrImageNeverPull", "ImagePullBackOff", "ErrImagePull"):
+                reason = stuck  # the kit image is missing: the agent can never start
             ended = (init.get("state") or {}).get("terminated")
             ours[init["name"]] = ContainerEnd(
                 terminated=ended is not None,

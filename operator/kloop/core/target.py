@@ -27,6 +27,7 @@ from kloop.core.graders import LIVE_PHASES, Grader, PodChecker, build_graders, e
 from kloop.core.model import DeletePod, ObservedPod, PodRequest, Role
 from kloop.core.trust import ABSENT, own_pod, request_pod
 
+PUSH_POLL_SECONDS = 2.0
 NO_TIMEOUT = 10**9
 """Judging a pod that has ended needs no timeout: used when the Loop (and its timeouts) is gone."""
 
@@ -81,7 +82,10 @@ def collect(p: Pass, spec: LoopSpec | None, t: Target) -> None:
             record_maker(p, record, pod, name)
         elif pod.phase != ABSENT:
             outcome = assess_maker(pod, timeout, p.obs.now)
-            if outcome is not None:
+            ok = outcome is not None and outcome.outcome != Outcome.ERROR
+            if ok and workspace.push_pending(pod, timeout, p.obs.now):
+                p.wake_in.append(PUSH_POLL_SECONDS)  # the sidecar is still pushing
+            elif outcome is not None:
                 outcome = workspace.settle_maker(record, outcome, pod)
                 record_maker(p, record, outcome, name, pod)
     if record.maker is None or record.maker.outcome == Outcome.ERROR:

@@ -10,6 +10,8 @@ commit, read-only. Both containers report in their termination messages
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from kloop.api.conditions import Reason
 from kloop.api.gitreport import GitError, parse_git_report
 from kloop.api.loop import LoopSpec
@@ -86,6 +88,23 @@ def _cloned_commit(pod: ObservedPod) -> str | None:
     clone = pod.kloop_containers.get(CLONE_CONTAINER)
     report = parse_git_report(clone.message if clone is not None else None)
     return report.commit if report is not None and report.error is None else None
+
+
+PUSH_REPORT_GRACE_SECONDS = 120
+"""How long past the maker's timeout kloop waits for a push that has not reported."""
+
+
+def push_pending(pod: ObservedPod, timeout_seconds: int, now: datetime) -> bool:
+    """The maker ended but kloop's push has not reported yet: wait for it (bounded).
+
+    Kubernetes may call the pod Succeeded before its sidecar has stopped; the record is written
+    once the push reported, or once waiting longer cannot help.
+    """
+    push = pod.kloop_containers.get(PUSH_CONTAINER)
+    if push is None or push.terminated or pod.deleting or pod.created_at is None:
+        return False
+    waited = (now - pod.created_at).total_seconds()
+    return waited < timeout_seconds + PUSH_REPORT_GRACE_SECONDS
 
 
 def settle_maker(record: IterationRecord, maker: MakerRecord, pod: ObservedPod) -> MakerRecord:
