@@ -55,7 +55,7 @@ head=$(git rev-parse HEAD)
 touch probe 2>/dev/null && verdict fail "the checkout is writable"
 [ -e uncommitted.txt ] && verdict fail "graded uncommitted.txt, which the maker never committed"
 [ "$(cat target.txt)" = "$KLOOP_CLUSTER" ] || verdict fail "target.txt is not $KLOOP_CLUSTER"
-n=$(ls step-*.txt | wc -l)
+n=$(ls step-*.txt | wc -l | tr -d " ")
 [ "$n" -ge "${STEPS:-2}" ] || verdict fail "$n step(s) committed"
 verdict pass "$n step(s) committed"
 """
