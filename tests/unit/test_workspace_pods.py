@@ -150,9 +150,11 @@ def test_credentials_become_one_header_in_git_config_env_and_are_masked() -> Non
     token = Settings("http://g/a.git", "main", "b", Path("/w"), token="s3cret-token")
     env = git_environment(token)
     header = "Authorization: Basic " + base64.b64encode(b"x-access-token:s3cret-token").decode()
-    keys = {env[f"GIT_CONFIG_KEY_{i}"]: env[f"GIT_CONFIG_VALUE_{i}"] for i in range(3)}
+    count = int(env["GIT_CONFIG_COUNT"])
+    keys = {env[f"GIT_CONFIG_KEY_{i}"]: env[f"GIT_CONFIG_VALUE_{i}"] for i in range(count)}
     assert keys["http.extraHeader"] == header
     assert keys["http.followRedirects"] == "false"
+    assert keys["safe.directory"] == "/w"
     assert env["GIT_ALLOW_PROTOCOL"] == "http:https"
     assert "KLOOP_GIT_TOKEN" not in env
     masked = token.mask(f"failed with {header} and s3cret-token")

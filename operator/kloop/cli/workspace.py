@@ -125,7 +125,12 @@ def git_environment(settings: Settings, extra: dict[str, str] | None = None) -> 
         "GIT_CONFIG_GLOBAL": os.devnull,
         "GIT_ALLOW_PROTOCOL": "http:https",
     }
-    config = [("http.followRedirects", "false"), ("credential.helper", "")]
+    # the emptyDir belongs to root, the kit runs as 65532: git must accept the checkout
+    config = [
+        ("http.followRedirects", "false"),
+        ("credential.helper", ""),
+        ("safe.directory", str(settings.workspace)),
+    ]
     header = settings.header()
     if header:
         config.append(("http.extraHeader", header))
