@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import os
 import re
 import signal
@@ -173,23 +174,32 @@ def _git(
     default: GitError,
     env: dict[str, str] | None = None,
 ) -> str:
+    # its own process group: on a timeout every helper git started goes too (a helper left
+    # running would hold our pipes open, and reading them would never end)
+    proc = subprocess.Popen(
+        ["git", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=git_environment(settings, env),
+        start_new_session=True,
+    )
     try:
-        proc = subprocess.run(
-            ["git", *args],
-            capture_output=True,
-            text=True,
-            env=git_environment(settings, env),
-            stdin=subprocess.DEVNULL,
-            timeout=timeout,
-            check=False,
-        )
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        said = settings.mask(" ".join(stderr.split())[-300:])
         where = redact_url(settings.url)
         raise GitFailed(
-            GitError.REMOTE_UNAVAILABLE, f"git {_verb(args)} {where}: no answer within {timeout}s"
+            GitError.REMOTE_UNAVAILABLE,
+            f"git {_verb(args)} {where}: no answer within {timeout}s"
+            + (f" ({said})" if said else ""),
         ) from None
     if proc.returncode != 0:
-        output = f"{proc.stdout}\n{proc.stderr}".strip()
+        output = f"{stdout}\n{stderr}".strip()
         lines = [
             line.strip()
             for line in output.splitlines()
@@ -197,7 +207,7 @@ def _git(
         ][-4:]
         message = settings.mask(" ".join(lines))[:900]
         raise GitFailed(classify(output, default), f"git {_verb(args)}: {message}")
-    return proc.stdout.strip()
+    return stdout.strip()
 
 
 def clone(settings: Settings) -> GitReport:
@@ -297,10 +307,18 @@ def _write(path: str, report: GitReport) -> None:
 
 
 def wait_for_stop() -> None:
-    """Block until SIGTERM (the agent ended, or the pod is being deleted) or SIGINT."""
+    """Block until SIGTERM (the agent ended, or the pod is being deleted) or SIGINT.
+
+    Afterwards a repeated signal is caught and ignored (the push must still report), and the
+    signals are unblocked again: git and its helpers inherit the mask, and a helper git stops
+    with SIGTERM must not outlive it holding our pipes open.
+    """
     stop = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop)
     signal.sigwait(stop)
+    for sig in stop:  # a handler, not SIG_IGN: exec resets handlers but keeps SIG_IGN
+        signal.signal(sig, lambda *_: None)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stop)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
