@@ -293,7 +293,9 @@ def test_a_conflicting_push_and_an_unreachable_remote_are_clear_errors(
     _start(api_client, namespace, "nowhere", "ws-4")
 
     conflict = wait_finished(api_client, namespace, "ws-3", timeout=180)["status"]
-    assert (conflict["phase"], conflict["haltReason"]) == ("Failed", "PushRejected")
+    assert (conflict["phase"], conflict["haltReason"]) == ("Failed", "PushRejected"), json.dumps(
+        conflict["iterations"], indent=1
+    )
     maker = conflict["iterations"][0]["maker"]
     assert (maker["outcome"], maker["errorReason"]) == ("error", "PushRejected")
     assert "rejected" in maker["summary"]

@@ -9,11 +9,14 @@ the exact commit.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,3 +207,69 @@ def test_the_push_command_waits_for_sigterm_then_writes_its_report(
     report = json.loads(result.read_text())
     assert report["commit"] == _remote_head(url, "kloop/r/sig-i1")
     assert PASSWORD not in stderr
+
+
+class _FirstConnectionHangs:
+    """A TCP proxy to the git server that holds its first connection open and never answers
+    (as a lost SYN or a stale conntrack entry would), and forwards every later one."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            if self.connections == 1:
+                self.held.append(conn)
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_a_connection_that_hangs_is_given_up_and_tried_again(
+    server: tuple[GitServer, str], tmp_path: Path
+) -> None:
+    srv, url = server
+    proxy = _FirstConnectionHangs(int(url.split(":")[2].split("/")[0]))
+    try:
+        via = url.replace(url.split("/")[2], f"127.0.0.1:{proxy.port}")
+        settings = Settings(
+            via,
+            "main",
+            "kloop/r/retry-i1",
+            tmp_path / "ws",
+            username=USER,
+            password=PASSWORD,
+            timeout=12,
+        )
+        settings.workspace.mkdir()
+        started = time.monotonic()
+        report = clone(settings)
+        assert report.error is None, report.message
+        assert 3 < time.monotonic() - started < 12, "the first attempt got its share, no more"
+        assert proxy.connections >= 2
+    finally:
+        proxy.close()

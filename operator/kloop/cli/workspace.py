@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,6 +211,36 @@ def _git(
     return stdout.strip()
 
 
+ATTEMPTS = 3
+
+
+def _git_retrying(
+    settings: Settings,
+    args: list[str],
+    budget: int,
+    default: GitError,
+    env: dict[str, str] | None = None,
+) -> str:
+    """``_git`` for a command that talks to the remote: up to three attempts within ``budget``.
+
+    git gives a connection that hangs (a SYN lost, a stale conntrack entry) no timeout of its
+    own; a fresh attempt is a fresh connection. Each attempt gets an equal share of what is
+    left. Only an unreachable remote is retried; fetching and pushing a fixed commit to a fixed
+    ref are idempotent.
+    """
+    deadline = time.monotonic() + budget
+    for attempt in range(ATTEMPTS, 0, -1):
+        share = max(int((deadline - time.monotonic()) / attempt), 1)
+        try:
+            return _git(settings, args, share, default, env)
+        except GitFailed as err:
+            if err.error is not GitError.REMOTE_UNAVAILABLE or attempt == 1:
+                raise
+            print(f"kloop workspace: {err.message}; trying again", file=sys.stderr)
+            time.sleep(1)
+    raise AssertionError("unreachable")
+
+
 def clone(settings: Settings) -> GitReport:
     """Check ``start`` (or exactly ``commit``) out on ``branch``, shallowly; the report."""
     if any(v.startswith("-") for v in (settings.start, settings.branch, settings.commit or "")):
@@ -225,11 +256,11 @@ def clone(settings: Settings) -> GitReport:
             _git(settings, ["-C", ws, "config", key, value], 30, fail)
         _git(settings, ["-C", ws, "remote", "add", "origin", settings.url], 30, fail)
         fetch = ["-C", ws, "fetch", "-q", "--depth", "1", "--no-tags", "--end-of-options", "origin"]
-        _git(settings, [*fetch, settings.start], settings.timeout, fail)
+        _git_retrying(settings, [*fetch, settings.start], settings.timeout, fail)
         head = _git(settings, ["-C", ws, "rev-parse", "FETCH_HEAD^{commit}"], 30, fail)
         if settings.commit and settings.commit != head:
             try:  # the branch moved on since: fetch the commit itself
-                _git(settings, [*fetch, settings.commit], settings.timeout, fail)
+                _git_retrying(settings, [*fetch, settings.commit], settings.timeout, fail)
             except GitFailed as err:
                 raise GitFailed(
                     err.error,
@@ -294,7 +325,7 @@ def push(settings: Settings) -> GitReport:
                 Path(private, "shallow").write_text("".join(f"{s}\n" for s in lines))
             refspec = f"{head}:refs/heads/{settings.branch}"
             args = ["push", "--porcelain", "--no-verify", settings.url, refspec]
-            _git(settings, args, settings.push_timeout, fail, env)
+            _git_retrying(settings, args, settings.push_timeout, fail, env)
         except GitFailed as err:
             return GitReport(commit=head, error=err.error, message=err.message[:1024])
     return GitReport(commit=head, message=f"pushed {head} to {settings.branch}")
