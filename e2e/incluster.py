@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from e2e.cluster import local
+from e2e.cluster.kit import kit_image
 from e2e.cluster.paths import kubectl, run_kubectl
 
 MODE_ENV = "KLOOP_E2E_OPERATOR"
@@ -40,6 +41,7 @@ def release_values() -> dict[str, object]:
         "watchNamespaces": [f"{NAMESPACE_PREFIX}*"],
         "admission": {"namespaceSelector": {"matchLabels": {key: value}}},
         "logLevel": "INFO",
+        "kitImage": {"repository": kit_image().rpartition(":")[0]},
     }
 
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from e2e.cluster.kit import kit_image
 from e2e.procs import log_tail, stop_process
 
 
@@ -54,7 +55,12 @@ class OperatorProcess:
             args,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig)},
+            env={
+                **os.environ,
+                "KLOOP_KIT_IMAGE": kit_image(),  # workspace containers: the locally built kit
+                **self.env,
+                "KUBECONFIG": str(self.kubeconfig),
+            },
         )
         started = self.log_path.stat().st_size
         deadline = time.monotonic() + 30

@@ -8,14 +8,21 @@ one way to get it, so ``make image`` and ``make cluster-up`` import the same tar
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from e2e.cluster import oci
 
+KIT_IMAGE_ENV = "KLOOP_E2E_KIT_IMAGE"
+
 
 def kit_image() -> str:
-    """The image reference pods use: ``kloop.local/kloop-kit:<kloop version>``."""
-    return oci.KIT.ref()
+    """The image reference pods use: ``kloop.local/kloop-kit:<kloop version>``.
+
+    ``$KLOOP_E2E_KIT_IMAGE`` names another one already in the node (several checkouts that
+    share one node can each test their own kit under its own tag).
+    """
+    return os.environ.get(KIT_IMAGE_ENV) or oci.KIT.ref()
 
 
 def build_kit_image(say: oci.Say = print) -> Path:

@@ -8,6 +8,7 @@ and CGI needs the body on stdin with a length).
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import threading
 from collections.abc import Iterable, Iterator
@@ -89,12 +90,31 @@ def _split_cgi_output(out: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
 
 
 class GitHttpApp:
-    """The WSGI app: every request becomes one ``git http-backend`` CGI run."""
+    """The WSGI app: every request becomes one ``git http-backend`` CGI run.
 
-    def __init__(self, root: Path) -> None:
+    With ``auth`` (user, password), a request without that HTTP basic authorization gets 401,
+    and every request's ``Authorization`` header is remembered in ``seen`` (for tests that
+    check credentials reached git).
+    """
+
+    def __init__(self, root: Path, auth: tuple[str, str] | None = None) -> None:
         self.root = root
+        self.auth = auth
+        self.seen: list[str] = []
+
+    def _authorized(self, environ: dict[str, Any]) -> bool:
+        if self.auth is None:
+            return True
+        given = str(environ.get("HTTP_AUTHORIZATION", ""))
+        self.seen.append(given)
+        expected = base64.b64encode(":".join(self.auth).encode()).decode()
+        return given == f"Basic {expected}"
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if not self._authorized(environ):
+            headers = [("WWW-Authenticate", 'Basic realm="kloop-test"'), ("Content-Length", "0")]
+            start_response("401 Unauthorized", headers)
+            return [b""]
         body = _request_body(environ)
         proc = subprocess.run(
             ["git", HTTP_BACKEND],
@@ -114,14 +134,22 @@ class GitHttpApp:
 
 
 class GitServer:
-    """Serves every bare repository under ``root`` at ``http://127.0.0.1:<port>/<name>.git``."""
+    """Serves every bare repository under ``root`` at ``http://<host>:<port>/<name>.git``.
 
-    def __init__(self, root: Path) -> None:
+    ``host`` is loopback unless a test binds the pods' bridge address (pods reach the host
+    there, nothing beyond this machine does); ``auth`` requires HTTP basic credentials.
+    """
+
+    def __init__(
+        self, root: Path, host: str = "127.0.0.1", auth: tuple[str, str] | None = None
+    ) -> None:
         self.root = root
+        self.host = host
+        self.app = GitHttpApp(root, auth)
         self._server = make_server(
-            "127.0.0.1",
+            host,
             0,
-            GitHttpApp(root),
+            self.app,
             server_class=_ThreadingWSGIServer,
             handler_class=_QuietHandler,
         )
@@ -129,7 +157,7 @@ class GitServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
+        return f"http://{self.host}:{self._server.server_port}"
 
     def start(self) -> None:
         self._thread.start()
@@ -148,9 +176,12 @@ class GitServer:
 
 
 @contextmanager
-def git_server(root: Path) -> Iterator[GitServer]:
+def git_server(
+    root: Path, host: str = "127.0.0.1", auth: tuple[str, str] | None = None
+) -> Iterator[GitServer]:
     """A running server for the duration of the block."""
-    server = GitServer(root)
+    root.mkdir(parents=True, exist_ok=True)
+    server = GitServer(root, host, auth)
     server.start()
     try:
         yield server

@@ -402,17 +402,6 @@ def test_pod_rejected_by_the_apiserver_fails_the_run_with_its_message() -> None:
     assert "rejected by the apiserver: cpu: banana" in (d.status.message or "")
 
 
-def test_connectors_are_no_longer_announced_as_inert() -> None:
-    d = decide(observe(spec=loop_spec(connectors=[{"name": "gh", "mcp": {"url": "http://x"}}])))
-    assert not [a for a in d.actions if isinstance(a, RecordEvent) and a.reason == "NotImplemented"]
-
-
-def test_schedules_and_history_limits_are_no_longer_announced_as_inert() -> None:
-    spec = loop_spec(schedule="@daily", concurrencyPolicy="Replace", failedRunsHistoryLimit=1)
-    d = decide(observe(spec=spec))
-    assert not [a for a in d.actions if isinstance(a, RecordEvent) and a.reason == "NotImplemented"]
-
-
 def test_a_finished_run_creates_nothing_when_decided_again() -> None:
     sim = Simulation(with_teardown(budget={"maxIterations": 1}))
     sim.step()

@@ -37,7 +37,7 @@ def test_maker_pod_carries_the_contract() -> None:
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["KLOOP_ROLE"] == "maker"
     assert env["KLOOP_ITERATION"] == "2"
-    assert env["KLOOP_BRANCH"] == "kloop/r1/2"
+    assert env["KLOOP_BRANCH"] == "kloop/r1/default-local-i2"
     assert env["KLOOP_GOAL"] == "make it pass\nfor v2"
     assert env["KLOOP_CONTEXT"] == '{"tag": "v2"}'
     assert env["KLOOP_CLUSTER"] == "local"

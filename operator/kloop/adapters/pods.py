@@ -7,19 +7,19 @@ import json
 from datetime import datetime
 from typing import Any
 
+from kloop.adapters.workspace import WORKSPACE_DIR, add_workspace
 from kloop.api.loop import LoopSpec, Pricing
 from kloop.api.looprun import LoopRunSpec
 from kloop.api.pod import PodTemplate
 from kloop.core import names
 from kloop.core.connectors import MCP_FILE
-from kloop.core.model import LOCAL_CLUSTER, ObservedPod, PodRequest, Role
+from kloop.core.model import LOCAL_CLUSTER, ContainerEnd, ObservedPod, PodRequest, Role
 
 Json = dict[str, Any]
 
 MEMORY_DIR = "/kloop/memory"
 FEEDBACK_FILE = "/kloop/feedback.json"
 SKILLS_DIR = "/kloop/skills"
-WORKSPACE_DIR = "/kloop/workspace"
 TARGET_DIR = "/kloop/target"
 TARGET_KUBECONFIG = f"{TARGET_DIR}/kubeconfig"
 MCP_CONFIG = "/kloop/mcp.json"
@@ -71,14 +71,16 @@ def contract_env(
         "KLOOP_CLUSTER": req.cluster,
         "KLOOP_ROLE": req.role.value,
         "KLOOP_GOAL": goal,
-        "KLOOP_BRANCH": names.branch(run["metadata"]["name"], req.iteration),
+        "KLOOP_BRANCH": names.branch(
+            run["metadata"]["name"], req.stage, req.cluster, req.iteration
+        ),
         "KLOOP_CONTEXT": json.dumps(run_spec.context or {}),
         "KLOOP_MEMORY_DIR": MEMORY_DIR,
         "KLOOP_FEEDBACK": FEEDBACK_FILE,
     }
     if req.checker:
         env["KLOOP_CHECKER"] = req.checker
-    if loop.workspace is not None:
+    if req.workspace is not None:
         env["KLOOP_WORKSPACE"] = WORKSPACE_DIR
     if MCP_FILE in req.files:
         env["KLOOP_MCP_CONFIG"] = MCP_CONFIG
@@ -190,6 +192,8 @@ def render_pod(
     for container in spec["containers"]:
         container["env"] = [*env, *(container.get("env") or [])]
         container["volumeMounts"] = [*(container.get("volumeMounts") or []), *mounts]
+    if req.workspace is not None and loop.workspace is not None:
+        add_workspace(spec, req.workspace, loop.workspace.git)
     # only the file the agent wrote: a crashed agent's log tail may hold secrets, and it would
     # spread to status, Events, memory and feedback. A template opts in to the tail explicitly.
     spec["containers"][0].setdefault("terminationMessagePolicy", "File")
@@ -242,6 +246,18 @@ def observe_pod(pod: Json) -> ObservedPod:
     reason = status.get("reason") or terminated.get("reason") or waiting.get("reason")
     if waiting and waiting.get("reason") in ("ErrImageNeverPull", "ImagePullBackOff"):
         reason = waiting["reason"]
+    ours = {}  # kloop's own init containers (the workspace clone and push)
+    for init in status.get("initContainerStatuses") or []:
+        if str(init.get("name", "")).startswith("kloop-"):
+            stuck = ((init.get("state") or {}).get("waiting") or {}).get("reason")
+            if stuck in ("ErrImageNeverPull", "ImagePullBackOff", "ErrImagePull"):
+                reason = stuck  # the kit image is missing: the agent can never start
+            ended = (init.get("state") or {}).get("terminated")
+            ours[init["name"]] = ContainerEnd(
+                terminated=ended is not None,
+                exit_code=(ended or {}).get("exitCode"),
+                message=(ended or {}).get("message"),
+            )
     return ObservedPod(
         name=pod["metadata"]["name"],
         phase=status.get("phase") or "Pending",
@@ -251,6 +267,7 @@ def observe_pod(pod: Json) -> ObservedPod:
         message=terminated.get("message") or status.get("message"),
         deleting=pod["metadata"].get("deletionTimestamp") is not None,
         uid=pod["metadata"].get("uid") or "",
+        kloop_containers=ours,
     )
 
 

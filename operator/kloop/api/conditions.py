@@ -48,7 +48,6 @@ class Reason(StrEnum):
     LOOP_NOT_FOUND = "LoopNotFound"
     INVALID_LOOP = "InvalidLoop"
     LOOP_CHANGED = "LoopChanged"
-    NOT_IMPLEMENTED = "NotImplemented"
     MEMORY_CONFLICT = "MemoryConflict"
     TEARDOWN_FAILED = "TeardownFailed"
     CONNECTORS_READY = "ConnectorsReady"
@@ -72,6 +71,12 @@ class Reason(StrEnum):
     TIMED_OUT = "TimedOut"
     POD_LOST = "PodLost"
     UNTRUSTED_POD = "UntrustedPod"
+    # the git workspace (docs/agents.md, Worktrees)
+    GIT_REMOTE_UNAVAILABLE = "GitRemoteUnavailable"
+    CHECKOUT_FAILED = "CheckoutFailed"
+    PUSH_REJECTED = "PushRejected"
+    PUSH_FAILED = "PushFailed"
+    NO_NEW_COMMIT = "NoNewCommit"
     # the run's own writes
     STATUS_REJECTED = "StatusRejected"
     MEMORY_REJECTED = "MemoryRejected"

@@ -323,12 +323,14 @@ class NotifyTarget(KubeModel):
 class GitWorkspace(KubeModel):
     """A git repository every maker checks out on its own branch."""
 
-    url: str = Field(min_length=1, max_length=2048)
-    """Repository URL."""
-    ref: str = Field(default="main", min_length=1, max_length=255)
-    """Branch or tag the first iteration starts from."""
+    url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://[^/@\s]+(/\S*)?$")
+    """Repository URL (http or https; credentials belong in secretRef, not in the URL)."""
+    ref: str = Field(
+        default="main", min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$"
+    )
+    """Branch, tag or commit the first iteration of each target starts from."""
     secret_ref: SecretRef | None = None
-    """Credentials for clone and push."""
+    """Credentials for clone and push: keys ``username`` and ``password``, or ``token``."""
     push: bool = False
     """Push the maker's commits to its branch when it ends."""
 

@@ -198,6 +198,22 @@ class CheckerRecord(KubeModel):
     """Why the verdict is an error."""
 
 
+class WorkspaceRecord(KubeModel):
+    """The maker's git checkout of one iteration (``spec.workspace.git``)."""
+
+    branch: str = Field(max_length=255)
+    """The iteration's own branch, ``kloop/<run>/<stage>-<cluster>-i<n>``."""
+    started_from: str = Field(max_length=255)
+    """What the checkout was made from: ``ref``, or the previous iteration's branch."""
+    base: str | None = Field(default=None, max_length=64)
+    """The commit the maker started at."""
+    commit: str | None = Field(default=None, max_length=64)
+    """The commit kloop pushed to ``branch`` when the maker ended (``push: true``); checkers
+    grade exactly this commit, and the target's next iteration starts from it."""
+    note: str | None = Field(default=None, max_length=512)
+    """What the next maker is told about the push (e.g. it said changed but committed nothing)."""
+
+
 class IterationRecord(KubeModel):
     """One iteration: what the maker did, what the checkers said, and what was decided."""
 
@@ -211,6 +227,8 @@ class IterationRecord(KubeModel):
     """The maker's outcome."""
     checkers: list[CheckerRecord] = Field(default_factory=list)
     """The checkers' verdicts."""
+    workspace: WorkspaceRecord | None = None
+    """The maker's git checkout and the commit pushed (``spec.workspace.git``)."""
     decision: IterationDecision | None = None
     """iterate, succeed, halt, or fail."""
     why: str | None = None

@@ -2,6 +2,7 @@
 
     kloop-agent report maker --outcome changed --summary "fixed the test" --tokens 1200
     kloop-agent report checker --verdict fail --reason "test_login still flaky"
+    kloop-agent workspace clone|push   (kloop's own containers; see kloop.cli.workspace)
     kloop-agent run --role checker --harness openai --model gpt-5-mini
     kloop-agent run --role maker --harness command -- claude -p --output-format json
 
@@ -26,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from kloop.api.results import TERMINATION_MESSAGE_LIMIT, CheckerResult, MakerResult
+from kloop.cli import workspace
 from kloop.kit.answers import answer_schema
 from kloop.kit.command import CommandHarness
 from kloop.kit.harness import Harness, HarnessFailed
@@ -126,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     checker.add_argument("--cost", type=float, default=0.0, help="cost in USD")
     for p in (maker, checker):
         p.add_argument("--path", default=os.environ.get("KLOOP_RESULT_PATH", DEFAULT_PATH))
+    workspace.add_parser(sub)
     return parser
 
 
@@ -194,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return run(args, command)
+    if args.command == "workspace":
+        return workspace.run(args)
     try:
         result: BaseModel
         if args.role == "maker":

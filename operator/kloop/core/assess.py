@@ -11,6 +11,7 @@ from kloop.api.conditions import Reason
 from kloop.api.looprun import CheckerRecord, MakerRecord
 from kloop.api.results import InvalidResult, parse_checker_result, parse_maker_result
 from kloop.core.model import ObservedPod
+from kloop.core.workspace import checkout_error
 
 ERROR = "error"
 
@@ -38,6 +39,9 @@ class PodError:
 
 def pod_error(pod: ObservedPod, timeout_seconds: int, now: datetime, who: str) -> PodError | None:
     """The error a pod ended in (or is stuck in), if any; None while it may still succeed."""
+    checkout = checkout_error(pod)
+    if checkout is not None:  # its agent never ran: the workspace says why
+        return PodError(*checkout)
     if pod.phase == "Failed":
         if pod.reason == "Rejected":
             return PodError(

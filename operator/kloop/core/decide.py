@@ -187,19 +187,7 @@ def _start(p: Pass, spec: LoopSpec, limits: Limits, plan: list[StagePlan]) -> No
         _halt(p, spec, Phase.FAILED, Reason.INVALID_LOOP, f"stage {empty[0]!r} selects no cluster")
         return
     p.event(Reason.ITERATING, f"run started: {len(plan)} stage(s)")
-    inert = _not_yet_supported(spec)
-    if inert:
-        p.event(
-            Reason.NOT_IMPLEMENTED,
-            f"accepted but not acted on yet: {', '.join(inert)}",
-            warning=True,
-        )
     _enter_stage(p, spec, limits, plan, plan[0])
-
-
-def _not_yet_supported(spec: LoopSpec) -> list[str]:
-    """Fields the API accepts that this version does not act on: said aloud, not ignored."""
-    return [name for name, value in (("workspace", spec.workspace),) if value]
 
 
 def _pinned_plan(plan: list[StagePlan], s: LoopRunStatus) -> list[StagePlan] | None:

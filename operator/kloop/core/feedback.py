@@ -41,8 +41,24 @@ def feedback(s: LoopRunStatus, stage: str, cluster: str, iteration: int) -> str:
             ],
             "decision": previous.decision,
             "why": previous.why,
+            **_workspace(previous),
         }
     )
+
+
+def _workspace(record: IterationRecord) -> dict[str, dict[str, str | None]]:
+    """The previous maker's branch and pushed commit, and what it is told about them."""
+    workspace = record.workspace
+    if workspace is None:
+        return {}
+    return {
+        "workspace": {
+            "branch": workspace.branch,
+            "base": workspace.base,
+            "commit": workspace.commit,
+            "note": workspace.note,
+        }
+    }
 
 
 def maker_json(obs: ObservedRun, record: IterationRecord) -> str:

@@ -13,7 +13,7 @@ from typing import Protocol
 from kloop.api.conditions import Reason
 from kloop.api.loop import DRIFT_GRADER, Checker, CheckerKind, Drift, LoopSpec, Placement
 from kloop.api.looprun import CheckerRecord, RecordedVerdict
-from kloop.core import names
+from kloop.core import names, workspace
 from kloop.core.assess import PodError, assess_checker
 from kloop.core.context import Pass, Target
 from kloop.core.feedback import feedback, maker_json
@@ -105,6 +105,11 @@ class PodChecker:
                 t.cluster,
                 checker=self.name,
                 in_target=self.placed_in_target(t),
+                workspace=(
+                    workspace.checker_checkout(p.obs.loop.spec, t.record)
+                    if p.obs.loop.spec is not None
+                    else None
+                ),
                 files={
                     "maker.json": maker_json(p.obs, t.record),
                     "feedback.json": feedback(p.status, t.stage.name, t.cluster, t.record.number),

@@ -23,6 +23,15 @@ class Role(StrEnum):
 
 
 @dataclass(frozen=True)
+class ContainerEnd:
+    """How one of kloop's own containers in a pod (the workspace clone and push) stands."""
+
+    terminated: bool
+    exit_code: int | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
 class ObservedPod:
     """The parts of a pod's status the core decides on."""
 
@@ -34,6 +43,8 @@ class ObservedPod:
     message: str | None = None
     deleting: bool = False
     uid: str = ""
+    kloop_containers: dict[str, ContainerEnd] = field(default_factory=dict)
+    """kloop's own init containers (``kloop-*``: the workspace clone and push), by name."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +162,22 @@ class SecretEnv:
 
 
 @dataclass(frozen=True)
+class Checkout:
+    """A pod's git checkout in ``/kloop/workspace`` (``spec.workspace.git``), as decided.
+
+    ``start`` is fetched (``ref``, or the previous iteration's branch); when ``commit`` is set,
+    exactly that commit is checked out. The pod works on ``branch``; a maker's is pushed when it
+    ends if ``push``; a checker's checkout is mounted read-only.
+    """
+
+    branch: str
+    start: str
+    commit: str | None = None
+    push: bool = False
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
 class PodRequest:
     """A pod the core wants to exist, described by role; the I/O layer renders the manifest."""
 
@@ -165,6 +192,8 @@ class PodRequest:
     """Create the pod inside the target cluster (placement Target), not in the run's namespace."""
     secret_env: tuple[SecretEnv, ...] = ()
     """Variables from Secrets of the run's namespace (connector headers)."""
+    workspace: Checkout | None = None
+    """The git checkout the pod gets, if any."""
 
 
 @dataclass(frozen=True)

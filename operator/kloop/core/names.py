@@ -55,6 +55,10 @@ def target_secret_name(pod: str) -> str:
     return f"{pod}-target"
 
 
-def branch(run: str, iteration: int) -> str:
-    """Each iteration's own git branch: the Kubernetes form of a worktree."""
-    return f"kloop/{run}/{iteration}"
+def branch(run: str, stage: str, cluster: str, iteration: int) -> str:
+    """``kloop/<run>/<stage>-<cluster>-i<n>``: each target's iteration its own git branch.
+
+    The Kubernetes form of a worktree: parallel targets of a stage never share a branch, and the
+    next iteration of a target starts from the previous one's.
+    """
+    return f"kloop/{run}/{stage}-{cluster}-i{iteration}"

@@ -19,7 +19,7 @@ from kloop.api.looprun import (
     RecordedVerdict,
     TargetState,
 )
-from kloop.core import names
+from kloop.core import names, workspace
 from kloop.core.assess import PodError, assess_checker, assess_maker
 from kloop.core.context import Pass, Target
 from kloop.core.feedback import feedback
@@ -27,6 +27,7 @@ from kloop.core.graders import LIVE_PHASES, Grader, PodChecker, build_graders, e
 from kloop.core.model import DeletePod, ObservedPod, PodRequest, Role
 from kloop.core.trust import ABSENT, own_pod, request_pod
 
+PUSH_POLL_SECONDS = 2.0
 NO_TIMEOUT = 10**9
 """Judging a pod that has ended needs no timeout: used when the Loop (and its timeouts) is gone."""
 
@@ -81,7 +82,11 @@ def collect(p: Pass, spec: LoopSpec | None, t: Target) -> None:
             record_maker(p, record, pod, name)
         elif pod.phase != ABSENT:
             outcome = assess_maker(pod, timeout, p.obs.now)
-            if outcome is not None:
+            ok = outcome is not None and outcome.outcome != Outcome.ERROR
+            if ok and workspace.push_pending(pod, timeout, p.obs.now):
+                p.wake_in.append(PUSH_POLL_SECONDS)  # the sidecar is still pushing
+            elif outcome is not None:
+                outcome = workspace.settle_maker(record, outcome, pod)
                 record_maker(p, record, outcome, name, pod)
     if record.maker is None or record.maker.outcome == Outcome.ERROR:
         return
@@ -145,6 +150,8 @@ def record_maker(
     else:
         p.status.message = f"{where}: maker {result.outcome}, graders running"
         p.event(Reason.ITERATING, f"maker of {where}: {result.outcome}: {result.summary}")
+    if record.workspace is not None and record.workspace.note:
+        p.event(Reason.NO_NEW_COMMIT, f"{where}: {record.workspace.note}", True)
 
 
 # --- moving a target on ------------------------------------------------------------------------
@@ -161,6 +168,11 @@ def await_maker(p: Pass, spec: LoopSpec, t: Target) -> None:
         record_maker(p, record, PodError(Reason.UNTRUSTED_POD, message), name)
         return
     if pod is None:
+        checkout = workspace.maker_checkout(
+            spec, p.status, p.obs.name, t.stage.name, t.cluster, record.number
+        )
+        if checkout is not None and record.workspace is None:
+            record.workspace = workspace.record_for(checkout)
         request_pod(
             p,
             record.pods,
@@ -171,6 +183,7 @@ def await_maker(p: Pass, spec: LoopSpec, t: Target) -> None:
                 t.stage.name,
                 t.cluster,
                 files={"feedback.json": feedback(p.status, t.stage.name, t.cluster, record.number)},
+                workspace=checkout,
             ),
         )
         p.why = p.why or f"maker of iteration {record.number} ({t.stage.name}/{t.cluster}) created"
