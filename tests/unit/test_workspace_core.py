@@ -95,8 +95,8 @@ def test_checkers_grade_exactly_the_pushed_commit_read_only() -> None:
     assert record is not None and (record.base, record.commit) == (BASE, C1)
     checkout = checkout_of(sim, checker_pod(1))
     assert checkout == Checkout(
-        "kloop/r/default-local-i1", "kloop/r/default-local-i1", commit=C1, read_only=True
-    )
+        "kloop/r/default-local-i1", "kloop/r/default-local-i1", commit=C1, read_only=True, base=BASE
+    ), "the base lets the kit's checker diff exactly the maker's work"
 
 
 def test_the_next_iteration_starts_from_the_previous_pushed_commit() -> None:

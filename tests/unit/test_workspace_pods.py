@@ -85,6 +85,17 @@ def test_a_checker_gets_the_exact_commit_read_only_and_no_push() -> None:
     assert env_of(spec["initContainers"][0])["KLOOP_GIT_COMMIT"] == SHA
     mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "kloop-workspace")
     assert mount == {"name": "kloop-workspace", "mountPath": "/kloop/workspace", "readOnly": True}
+    assert "KLOOP_BASE_COMMIT" not in env_of(spec["containers"][0]), "no base recorded: none"
+
+
+def test_a_checker_is_told_the_commit_the_maker_started_at() -> None:
+    checkout = Checkout("kloop/r1/default-local-i2", "kloop/r1/default-local-i2", SHA, False, True,
+                        base="b" * 40)  # fmt: skip
+    req = PodRequest("r1-s0-local-i2-check-tests", Role.CHECKER, 2, "default", "local",
+                     checker="tests", workspace=checkout)  # fmt: skip
+    agent = env_of(render(req)["spec"]["containers"][0])
+    assert agent["KLOOP_BASE_COMMIT"] == "b" * 40
+    assert agent["GIT_CONFIG_VALUE_0"] == "/kloop/workspace"
 
 
 def test_a_pod_without_a_checkout_has_no_workspace() -> None:

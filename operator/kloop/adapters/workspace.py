@@ -91,6 +91,10 @@ def add_workspace(
     for container in spec["containers"]:
         container["volumeMounts"] = [*(container.get("volumeMounts") or []), mount]
         own = {e.get("name") for e in container.get("env") or []}
+        extra: list[Json] = []
+        if checkout.base and "KLOOP_BASE_COMMIT" not in own:  # what the kit's checker diffs
+            extra.append({"name": "KLOOP_BASE_COMMIT", "value": checkout.base})
         if "GIT_CONFIG_COUNT" not in own:  # the template's git configuration wins
-            extra = [{"name": k, "value": v} for k, v in AGENT_GIT_ENV]
+            extra += [{"name": k, "value": v} for k, v in AGENT_GIT_ENV]
+        if extra:
             container["env"] = [*(container.get("env") or []), *extra]

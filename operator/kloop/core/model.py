@@ -175,6 +175,8 @@ class Checkout:
     commit: str | None = None
     push: bool = False
     read_only: bool = False
+    base: str | None = None
+    """For checkers: the commit the maker started at, so the kit diffs exactly its work."""
 
 
 @dataclass(frozen=True)

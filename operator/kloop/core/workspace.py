@@ -60,7 +60,9 @@ def checker_checkout(spec: LoopSpec, record: IterationRecord) -> Checkout | None
     pushed = record.workspace
     if spec.workspace is None or pushed is None or not pushed.commit:
         return None
-    return Checkout(pushed.branch, pushed.branch, commit=pushed.commit, read_only=True)
+    return Checkout(
+        pushed.branch, pushed.branch, commit=pushed.commit, read_only=True, base=pushed.base
+    )
 
 
 def record_for(checkout: Checkout) -> WorkspaceRecord:
