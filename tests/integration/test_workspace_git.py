@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from e2e.gitops.git_server import GitServer, git_server
 
 from kloop.api.gitreport import GitError
 from kloop.cli.workspace import Settings, clone, push
+from kloop.kit.inputs import workspace_diff
 
 pytestmark = pytest.mark.integration
 
@@ -127,6 +129,28 @@ def test_a_moved_branch_is_still_checked_out_at_the_exact_commit(
     checker = _settings(url, tmp_path / "ws2", "b", "kloop/r/x-i1", commit=base)
     assert clone(checker).commit == base
     assert not (checker.workspace / "a").exists()
+
+
+def test_a_checker_can_diff_the_pushed_commit_against_the_makers_start(
+    server: tuple[GitServer, str], tmp_path: Path
+) -> None:
+    _, url = server
+    maker = _settings(url, tmp_path / "maker", "kloop/r/d-i1")
+    base = clone(maker).commit
+    assert base is not None
+    for name in ("one", "two"):  # two commits: the base is not even the pushed commit's parent
+        (maker.workspace / name).write_text(f"{name}\n")
+        _git(maker.workspace, "add", name)
+        _git(maker.workspace, "commit", "-qm", name)
+    pushed = push(maker).commit
+    checker = replace(
+        _settings(url, tmp_path / "checker", "kloop/r/d-i1", "kloop/r/d-i1", commit=pushed),
+        base=base,
+    )
+    assert clone(checker).commit == pushed
+    diff = workspace_diff(checker.workspace, base)
+    assert "+one" in diff and "+two" in diff, diff
+    assert "README" not in diff, "only the maker's work"
 
 
 def test_wrong_credentials_and_a_closed_port_are_an_unreachable_remote_without_the_secret(

@@ -124,6 +124,14 @@ def test_diff_since_the_base_commit_covers_every_commit_and_uncommitted_edits(
     assert "-retries = 1\n+retries = 5" in inputs.diff
 
 
+def test_a_base_missing_from_the_checkout_falls_back_to_the_last_commit(tmp_path: Path) -> None:
+    root = kloop_dir(tmp_path)
+    workspace(root)
+    inputs = read_inputs("checker", {"KLOOP_BASE_COMMIT": "d" * 40}, root)
+    assert "-retries = 1\n+retries = 3" in inputs.diff, "not an empty diff"
+    assert "notes.txt" in inputs.diff
+
+
 def test_inputs_without_any_file_still_make_a_prompt(tmp_path: Path) -> None:
     inputs = read_inputs("checker", {"KLOOP_GOAL": "g"}, tmp_path / "nothing")
     assert inputs == AgentInputs(role="checker", goal="g")

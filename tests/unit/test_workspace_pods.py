@@ -93,8 +93,11 @@ def test_a_checker_is_told_the_commit_the_maker_started_at() -> None:
                         base="b" * 40)  # fmt: skip
     req = PodRequest("r1-s0-local-i2-check-tests", Role.CHECKER, 2, "default", "local",
                      checker="tests", workspace=checkout)  # fmt: skip
-    agent = env_of(render(req)["spec"]["containers"][0])
+    spec = render(req)["spec"]
+    agent = env_of(spec["containers"][0])
     assert agent["KLOOP_BASE_COMMIT"] == "b" * 40
+    clone = env_of(spec["initContainers"][0])
+    assert clone["KLOOP_GIT_BASE"] == "b" * 40, "the clone fetches it: the checkout is shallow"
     assert agent["GIT_CONFIG_VALUE_0"] == "/kloop/workspace"
 
 

@@ -49,6 +49,8 @@ def _env(checkout: Checkout, git: GitWorkspace, push_timeout: int) -> list[Json]
     }
     if checkout.commit:
         plain["KLOOP_GIT_COMMIT"] = checkout.commit
+    if checkout.base:  # checkers: fetched too, so the agent's `git diff $KLOOP_BASE_COMMIT` works
+        plain["KLOOP_GIT_BASE"] = checkout.base
     env: list[Json] = [{"name": k, "value": v} for k, v in plain.items()]
     if git.secret_ref is not None:
         for variable, key in (*CREDENTIAL_KEYS, TOKEN_KEY):

@@ -68,6 +68,8 @@ class Settings:
     branch: str
     workspace: Path
     commit: str | None = None
+    base: str | None = None
+    """Checkers: the commit the maker started at, fetched too so ``git diff <base>`` works."""
     username: str = ""
     password: str = ""
     token: str = ""
@@ -83,6 +85,7 @@ class Settings:
             branch=env["KLOOP_BRANCH"],
             workspace=Path(env.get("KLOOP_WORKSPACE") or "/kloop/workspace"),
             commit=env.get("KLOOP_GIT_COMMIT") or None,
+            base=env.get("KLOOP_GIT_BASE") or None,
             username=env.get("KLOOP_GIT_USERNAME", ""),
             password=env.get("KLOOP_GIT_PASSWORD", ""),
             token=env.get("KLOOP_GIT_TOKEN", ""),
@@ -243,7 +246,8 @@ def _git_retrying(
 
 def clone(settings: Settings) -> GitReport:
     """Check ``start`` (or exactly ``commit``) out on ``branch``, shallowly; the report."""
-    if any(v.startswith("-") for v in (settings.start, settings.branch, settings.commit or "")):
+    refs = (settings.start, settings.branch, settings.commit or "", settings.base or "")
+    if any(v.startswith("-") for v in refs):
         return GitReport(error=GitError.CHECKOUT_FAILED, message="a ref may not start with '-'")
     os.umask(0)  # the agent may run as another user: the pod-private checkout is everyone's
     ws = str(settings.workspace)
@@ -273,7 +277,28 @@ def clone(settings: Settings) -> GitReport:
         _git(settings, ["-C", ws, "checkout", "-q", "-B", settings.branch, head], 60, fail)
     except GitFailed as err:
         return GitReport(error=err.error, message=f"{where} {settings.start}: {err.message}"[:1024])
-    return GitReport(commit=head, message=f"{settings.branch} at {head} from {settings.start}")
+    message = f"{settings.branch} at {head} from {settings.start}"
+    if settings.base and settings.base != head:
+        message += _fetch_base(settings, fetch)
+    return GitReport(commit=head, message=message[:1024])
+
+
+def _fetch_base(settings: Settings, fetch: list[str]) -> str:
+    """Fetch the maker's start as well (depth 1: its tree is what ``git diff <base>`` needs).
+
+    The checkout is shallow, so the maker's commits end in a history without ``base``. Without
+    it the diff cannot be made, but the commit can still be graded: a note, not a failure.
+    """
+    if not SHA.match(settings.base or ""):
+        return f"; base {settings.base!r} is not a commit id, not fetched"
+    try:
+        _git_retrying(
+            settings, [*fetch, settings.base or ""], settings.timeout, GitError.CHECKOUT_FAILED
+        )
+    except GitFailed as err:
+        print(f"kloop workspace: base not fetched: {err.message}", file=sys.stderr)
+        return f"; base {settings.base} not fetched: {err.message}"
+    return f"; base {settings.base} fetched"
 
 
 def _read_ref(git_dir: Path, ref: str) -> str | None:

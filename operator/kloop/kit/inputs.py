@@ -80,6 +80,8 @@ def workspace_diff(workspace: Path, base: str | None = None, limit: int = MAX_DI
     """
     if not (workspace / ".git").exists():
         return ""
+    if base and not _git(workspace, "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}"):
+        base = None  # not in the shallow checkout: the last commit is better than nothing
     if base:
         text = _git(workspace, "diff", "--no-color", base)
     else:
