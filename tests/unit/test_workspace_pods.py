@@ -206,3 +206,16 @@ def test_a_missing_kit_image_is_a_pod_that_cannot_start() -> None:
         },
     }
     assert observe_pod(pod).reason == "ErrImageNeverPull"
+
+
+def test_a_pod_with_git_credentials_never_shares_its_process_namespace() -> None:
+    from kloop.adapters.workspace import add_workspace
+    from kloop.api.loop import GitWorkspace
+
+    checkout = Checkout("kloop/r1/default-local-i2", "main", push=True)
+    pod = {"shareProcessNamespace": True, "containers": [{"name": "agent", "image": "a"}]}
+    add_workspace(pod, checkout, GitWorkspace.model_validate(GIT["git"]))
+    assert pod["shareProcessNamespace"] is False, "the agent could read the sidecar's env"
+    anonymous = {"shareProcessNamespace": True, "containers": [{"name": "agent", "image": "a"}]}
+    add_workspace(anonymous, checkout, GitWorkspace(url="http://git.example/app.git"))
+    assert anonymous["shareProcessNamespace"] is True, "no credentials: the template decides"

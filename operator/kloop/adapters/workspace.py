@@ -77,8 +77,11 @@ def add_workspace(
 ) -> None:
     """Give the pod its checkout: the volume, the clone (and push) containers, the agent's mount.
 
-    kloop's containers come first, so the template's own init containers see the checkout.
+    kloop's containers come first. With credentials, the pod never shares its process namespace:
+    the agent could otherwise read them from the clone's or the push sidecar's environment.
     """
+    if git.secret_ref is not None:
+        spec["shareProcessNamespace"] = False
     grace = spec.get("terminationGracePeriodSeconds")
     grace = DEFAULT_GRACE_SECONDS if grace is None else int(grace)
     env = _env(checkout, git, max(grace - PUSH_MARGIN_SECONDS, 1))
