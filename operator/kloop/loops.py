@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from kloop.adapters import events
 from kloop.adapters.kube import Json, Kube, is_status
-from kloop.adapters.launch import launch, runs_of
+from kloop.adapters.launch import get_loop, launch, runs_of
 from kloop.api import GROUP, VERSION
 from kloop.api.conditions import Reason
 from kloop.api.loop import LoopSpec
@@ -118,23 +118,6 @@ async def apply_loop(kube: Kube, loop: Json, decision: LoopDecision) -> None:
         await _delete_run(kube, loop, name, "past the Loop's history limit")
 
 
-async def _read_loop(kube: Kube, namespace: str, name: str) -> Json | None:
-    """The Loop, or None when it is gone.
-
-    Only this 404 ends the Loop's task: a run deleted under a pass, say, is an error to retry,
-    not the end of the Loop's schedule.
-    """
-    try:
-        loop: Json = await kube.call(
-            kube.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, "loops", name
-        )
-    except Exception as err:
-        if is_status(err, 404):
-            return None
-        raise
-    return loop
-
-
 async def drive_loop(kube: Kube, namespace: str, name: str, uid: str) -> None:
     """Pass after pass for one Loop until it is gone; API errors back off and retry."""
     ctx = {"loop": name, "namespace": namespace}
@@ -144,7 +127,7 @@ async def drive_loop(kube: Kube, namespace: str, name: str, uid: str) -> None:
         driver.wake.clear()
         requeue: float | None = None
         try:
-            loop = await _read_loop(kube, namespace, name)
+            loop = await get_loop(kube, namespace, name)  # only its 404 ends the task
             if loop is None or loop["metadata"]["uid"] != uid:
                 return  # deleted (or re-created: the new Loop has its own task)
             decision = decide_loop(observe_loop(loop, await runs_of(kube, loop), datetime.now(UTC)))

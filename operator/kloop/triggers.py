@@ -22,6 +22,7 @@ import kopf
 from kloop.adapters import triggers as io
 from kloop.adapters.egress import EgressGuard
 from kloop.adapters.kube import Json, Kube
+from kloop.adapters.launch import get_loop
 from kloop.adapters.receiver import Hook, Receiver, Registry, loop_ref
 from kloop.api import GROUP, VERSION
 from kloop.api.loop import WebhookProvider
@@ -153,7 +154,7 @@ class Triggers:
             return
         meta = loop["metadata"]
         async with io.lock_for(meta["namespace"], meta["name"]):
-            fresh = await io.get_loop(self.kube, meta["namespace"], meta["name"])
+            fresh = await get_loop(self.kube, meta["namespace"], meta["name"])
             if fresh is None:
                 return
             new = _merged(fresh, changes)

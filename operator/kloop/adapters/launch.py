@@ -30,6 +30,19 @@ is_finished = run_finished
 """A run whose phase is final and whose teardown is over (or none)."""
 
 
+async def get_loop(kube: Kube, namespace: str, name: str) -> Json | None:
+    """The Loop as stored now, None when it is gone."""
+    try:
+        loop: Json = await kube.call(
+            kube.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, "loops", name
+        )
+    except Exception as err:
+        if is_status(err, 404):
+            return None
+        raise
+    return loop
+
+
 async def runs_of(kube: Kube, loop: Json) -> list[Json]:
     """Every LoopRun in the Loop's namespace whose loopRef names it (manual ones included)."""
     meta = loop["metadata"]

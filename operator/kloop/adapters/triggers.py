@@ -19,8 +19,7 @@ from kloop.adapters import events
 from kloop.adapters.egress import EgressGuard, Refused, Unavailable
 from kloop.adapters.git import Credentials, list_tags
 from kloop.adapters.kube import Json, Kube, api_message, is_status
-from kloop.adapters.launch import LaunchOutcome, is_finished, launch, runs_of
-from kloop.api import GROUP, VERSION
+from kloop.adapters.launch import LaunchOutcome, get_loop, is_finished, launch, runs_of
 from kloop.api.loop import ConcurrencyPolicy
 from kloop.core import tags, triggers
 from kloop.core.egress import redact_url
@@ -68,19 +67,6 @@ async def secret_values(kube: Kube, namespace: str, name: str, *keys: str) -> li
         if not values[-1]:
             raise SecretProblem(f"Secret {name}: key {key!r} is empty")
     return values
-
-
-async def get_loop(kube: Kube, namespace: str, name: str) -> Json | None:
-    """The Loop as stored now, None when it is gone."""
-    try:
-        loop: Json = await kube.call(
-            kube.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, "loops", name
-        )
-    except Exception as err:
-        if is_status(err, 404):
-            return None
-        raise
-    return loop
 
 
 def trigger_spec(loop: Json, name: str) -> Json | None:
