@@ -25,6 +25,7 @@ from kloop.adapters.apply import PermanentWriteError, apply
 from kloop.adapters.egress import EgressGuard
 from kloop.adapters.kube import Kube
 from kloop.adapters.observe import Caches, Snapshot, observe
+from kloop.adapters.store import Store, newer
 from kloop.api import GROUP, VERSION
 from kloop.core import names
 from kloop.core.decide import decide
@@ -48,6 +49,8 @@ class _Driver:
 # Keyed by the run's uid: a run deleted and re-created under the same name (kubectl replace
 # --force) is a new object and gets its own task, whatever the old task is still doing.
 _drivers: dict[str, _Driver] = {}
+_by_name: dict[tuple[str, str], str] = {}
+"""(namespace, name) -> uid of the driver using that name: wakes by name without a scan."""
 
 
 @kopf.on.startup()
@@ -62,7 +65,9 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.watching.client_timeout = 330
     memo.kube = Kube()
     # the egress guard comes from main's flags (--allow-egress-cidr); strict when run otherwise
-    memo.caches = Caches(egress=getattr(memo, "egress", None) or EgressGuard(), wake=_wake)
+    memo.caches = Caches(
+        egress=getattr(memo, "egress", None) or EgressGuard(), wake=_wake, store=Store()
+    )
     # drift in a target is measured as its agent ServiceAccount: a Loop learns no more there
     memo.caches.target_client = memo.caches.clusters.agent_client
 
@@ -76,6 +81,7 @@ async def stop_drivers(memo: Any, **_: Any) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await driver.task
     _drivers.clear()
+    _by_name.clear()
     caches = getattr(memo, "caches", None)
     if caches is not None:
         caches.clusters.close()  # the target clusters' connection pools
@@ -113,6 +119,7 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str, uid: str)
             RECONCILE.observe(time.monotonic() - started)
             if not applied:
                 log.info("status conflict, observing again", extra=ctx)
+                caches.store.forget_run(namespace, name)  # read it for real, and its pods
                 continue
         except asyncio.CancelledError:
             raise
@@ -129,6 +136,7 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str, uid: str)
             RECONCILE.observe(time.monotonic() - started)
             record_reconcile_error("transient", error_reason(err))
             retries.failures += 1
+            caches.store.unseed(namespace, name)  # list its pods for real on the next pass
             delay = min(ERROR_BACKOFF_MAX, 2.0**retries.failures)
             log.warning("reconcile failed, retrying in %.0fs: %s", delay, err, extra=ctx)
             if snap is not None:
@@ -159,6 +167,7 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str, uid: str)
 async def run_event(
     *,
     type: str | None,
+    event: Any,
     name: str,
     namespace: str | None,
     uid: str,
@@ -166,56 +175,79 @@ async def run_event(
     memo: Any,
     **_: Any,
 ) -> None:
-    """Start a task for a run (new, or found at startup); wake it on changes.
+    """Keep the run in the store; start a task for it (new, or found at startup); wake it.
 
     Finished runs get one pass too: it completes whatever a crash interrupted (memory, pods
-    left running) and ends at once. Every event also wakes the run's Loop (kloop/loops.py),
-    which keeps the Loop's status and history.
+    left running) and ends at once. A change the run's Loop cares about (phase, start, end,
+    memory recorded) also wakes the Loop (kloop/loops.py), which keeps its status and history.
     """
+    store: Store = memo.caches.store
     loop_ref = ((spec or {}).get("loopRef") or {}).get("name")
-    if loop_ref:
-        loops.wake(namespace or "", loop_ref)
     driver = _drivers.get(uid)
     if type == "DELETED":
+        store.forget_run(namespace or "", name)
+        if loop_ref:
+            loops.wake(namespace or "", loop_ref)
         if driver is not None:
             driver.task.cancel()
         memo.caches.forget(uid)
         RUNS.forget(uid)  # its series end at the next scrape
         return
+    body = event.get("object") if isinstance(event, dict) else None
+    before = store.runs.get((namespace or "", name))
+    known = body is not None and before is not None and not newer(body, before)
+    if body is not None and not known:
+        store.put_run(body)
+        if loop_ref and loops.run_changed_for_loop(before, body):
+            loops.wake(namespace or "", loop_ref)
     if driver is not None and not driver.task.done():
-        driver.wake.set()
+        if not known:  # the run's own status write comes back as an event: nothing new in it
+            driver.wake.set()
         return
     task = asyncio.create_task(
         drive(memo.kube, memo.caches, namespace or "", name, uid), name=f"run {namespace}/{name}"
     )
     _drivers[uid] = _Driver(task, namespace or "", name)
+    _by_name[(namespace or "", name)] = uid
     task.add_done_callback(functools.partial(_forget, uid, name))
 
 
 def _wake(namespace: str, name: str) -> None:
     """Wake a run's task (an oracle query it started has ended)."""
-    for driver in _drivers.values():
-        if (driver.namespace, driver.name) == (namespace, name):
-            driver.wake.set()
+    driver = _drivers.get(_by_name.get((namespace, name), ""))
+    if driver is not None:
+        driver.wake.set()
 
 
 def _forget(uid: str, name: str, task: asyncio.Task[None]) -> None:
     driver = _drivers.get(uid)
     if driver is not None and driver.task is task:
         del _drivers[uid]
+        if _by_name.get((driver.namespace, driver.name)) == uid:
+            del _by_name[(driver.namespace, driver.name)]
     if not task.cancelled() and task.exception() is not None:
         log.error("run task crashed: %s", task.exception(), extra={"run": name})
 
 
 @kopf.on.event("", "v1", "pods", labels={names.LABEL_RUN: kopf.PRESENT})
-async def pod_event(*, meta: Any, namespace: str | None, **_: Any) -> None:
-    """A run's pod changed: wake the run that owns it, or the run now using its name.
+async def pod_event(
+    *, type: str | None, event: Any, meta: Any, namespace: str | None, memo: Any, **_: Any
+) -> None:
+    """A run's pod changed: store it, then wake the run that owns it, or the run using its name.
 
     A deleted run's pods linger until garbage collection; a run re-created under the same name
     waits for them to go (their names are its names), so their events wake it too.
     """
-    owners = {o.get("uid") for o in meta.get("ownerReferences") or []}
-    run = (meta.get("labels") or {}).get(names.LABEL_RUN)
-    for uid, driver in _drivers.items():
-        if uid in owners or (driver.namespace == namespace and driver.name == run):
+    body = event.get("object") if isinstance(event, dict) else None
+    if body is not None:
+        if type == "DELETED":
+            memo.caches.store.delete_pod(body)
+        else:
+            memo.caches.store.put_pod(body)
+    uids = {o.get("uid") for o in meta.get("ownerReferences") or []}
+    run = str((meta.get("labels") or {}).get(names.LABEL_RUN) or "")
+    uids.add(_by_name.get((namespace or "", run)))
+    for uid in uids:
+        driver = _drivers.get(uid or "")
+        if driver is not None:
             driver.wake.set()

@@ -2,12 +2,13 @@
 
 Each Loop gets one asyncio task (keyed by uid, like the run drivers in handlers.py), started by
 kopf's event handler on Loops (also for every Loop when the operator starts), woken by the Loop's
-events and its LoopRuns' events (handlers.py calls ``wake``), and otherwise asleep until the next
-scheduled time. A pass reads the Loop and its runs, decides (``kloop.core.loops``), then: posts
-Events, starts the due scheduled run (``adapters.launch``), deletes runs past the history limits
-and merge-patches the status fields it owns. It is the one writer of those fields; it never
-writes the spec, nor ``status.triggers``. Run names are deterministic from the scheduled time, so
-a pass repeated after a crash finds the run it created instead of creating another.
+events and by the changes of its LoopRuns that it reads (handlers.py calls ``wake``), and
+otherwise asleep until the next scheduled time. A pass reads the Loop and its runs from the watch
+store (adapters/store.py), decides (``kloop.core.loops``), then: posts Events, starts the due
+scheduled run (``adapters.launch``), deletes runs past the history limits and merge-patches the
+status fields it owns. It is the one writer of those fields; it never writes the spec, nor
+``status.triggers``. Run names are deterministic from the scheduled time, so a pass repeated
+after a crash finds the run it created instead of creating another.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from pydantic import ValidationError
 
 from kloop.adapters import events
 from kloop.adapters.kube import Json, Kube, is_status
-from kloop.adapters.launch import get_loop, launch, runs_of
+from kloop.adapters.launch import get_loop, launch
+from kloop.adapters.store import Store, newer
 from kloop.api import GROUP, VERSION
 from kloop.api.conditions import Reason
 from kloop.api.loop import LoopSpec
@@ -53,13 +55,30 @@ class _LoopDriver:
 
 
 _loops: dict[str, _LoopDriver] = {}
+_by_name: dict[tuple[str, str], str] = {}
+"""(namespace, name) -> uid of the Loop's task: a run's event wakes it without a scan."""
 
 
 def wake(namespace: str, name: str) -> None:
     """Wake the task of Loop ``namespace/name`` (one of its runs changed)."""
-    for driver in _loops.values():
-        if (driver.namespace, driver.name) == (namespace, name):
-            driver.wake.set()
+    driver = _loops.get(_by_name.get((namespace, name), ""))
+    if driver is not None:
+        driver.wake.set()
+
+
+def run_changed_for_loop(before: Json | None, after: Json | None) -> bool:
+    """Whether a run's change matters to its Loop: anything ``ObservedLoopRun`` reads.
+
+    Most run events are a pod created or a verdict recorded; only a new run, a new phase, its
+    end, its memory catching up or its ownership change the Loop's status or history.
+    """
+    if before is None or after is None:
+        return True
+    if (before["metadata"].get("ownerReferences") or []) != (
+        after["metadata"].get("ownerReferences") or []
+    ):
+        return True
+    return ObservedLoopRun.from_json(before, "") != ObservedLoopRun.from_json(after, "")
 
 
 def observe_loop(loop: Json, runs: list[Json], now: datetime) -> ObservedLoop:
@@ -104,7 +123,7 @@ async def _delete_run(kube: Kube, loop: Json, name: str, why: str) -> None:
     await events.record(kube, loop, "Normal", Reason.RUN_DELETED, f"{name} deleted: {why}")
 
 
-async def apply_loop(kube: Kube, loop: Json, decision: LoopDecision) -> None:
+async def apply_loop(kube: Kube, store: Store, loop: Json, decision: LoopDecision) -> None:
     """Carry out one pass's decision: Events, the scheduled run, pruning, then status."""
     meta = loop["metadata"]
     for event in decision.events:
@@ -113,12 +132,27 @@ async def apply_loop(kube: Kube, loop: Json, decision: LoopDecision) -> None:
         await launch(kube, loop, decision.start)  # before lastScheduleTime: never lost, never twice
     patch = status_patch(loop.get("status") or {}, decision.status)
     if patch:
-        await kube.patch_status(meta["namespace"], "loops", meta["name"], {"status": patch})
+        store.put_loop(
+            await kube.patch_status(meta["namespace"], "loops", meta["name"], {"status": patch})
+        )
     for name in decision.delete:  # last: a delete that keeps failing holds back no status
         await _delete_run(kube, loop, name, "past the Loop's history limit")
 
 
-async def drive_loop(kube: Kube, namespace: str, name: str, uid: str) -> None:
+async def _loop_and_runs(
+    store: Store, kube: Kube, namespace: str, name: str
+) -> tuple[Json | None, list[Json]]:
+    """The Loop and its runs from the watch store; the Loop is read for real only if not there."""
+    loop = store.loops.get((namespace, name))
+    if loop is None:
+        loop = await get_loop(kube, namespace, name)  # only its 404 ends the task
+        if loop is None:
+            return None, []
+        store.put_loop(loop)
+    return loop, store.runs_of(namespace, name)
+
+
+async def drive_loop(kube: Kube, store: Store, namespace: str, name: str, uid: str) -> None:
     """Pass after pass for one Loop until it is gone; API errors back off and retry."""
     ctx = {"loop": name, "namespace": namespace}
     failures = 0
@@ -127,11 +161,11 @@ async def drive_loop(kube: Kube, namespace: str, name: str, uid: str) -> None:
         driver.wake.clear()
         requeue: float | None = None
         try:
-            loop = await get_loop(kube, namespace, name)  # only its 404 ends the task
+            loop, runs = await _loop_and_runs(store, kube, namespace, name)
             if loop is None or loop["metadata"]["uid"] != uid:
                 return  # deleted (or re-created: the new Loop has its own task)
-            decision = decide_loop(observe_loop(loop, await runs_of(kube, loop), datetime.now(UTC)))
-            await apply_loop(kube, loop, decision)
+            decision = decide_loop(observe_loop(loop, runs, datetime.now(UTC)))
+            await apply_loop(kube, store, loop, decision)
             requeue = decision.requeue_after
             failures = 0
             log.debug(decision.why or "loop reconciled", extra=ctx)
@@ -148,21 +182,36 @@ async def drive_loop(kube: Kube, namespace: str, name: str, uid: str) -> None:
 
 @kopf.on.event(GROUP, VERSION, "loops")
 async def loop_event(
-    *, type: str | None, name: str, namespace: str | None, uid: str, memo: Any, **_: Any
+    *,
+    type: str | None,
+    event: Any,
+    name: str,
+    namespace: str | None,
+    uid: str,
+    memo: Any,
+    **_: Any,
 ) -> None:
-    """Start a task for a Loop (new, or found at startup); wake it on changes; stop it on delete."""
+    """Keep the Loop in the store; start its task (new, or found at startup); wake or stop it."""
+    store: Store = memo.caches.store
     driver = _loops.get(uid)
     if type == "DELETED":
+        store.forget_loop(namespace or "", name)
         if driver is not None:
             driver.task.cancel()
         return
+    body = event.get("object") if isinstance(event, dict) else None
+    known = body is not None and not newer(body, store.loops.get((namespace or "", name)))
+    if body is not None and not known:
+        store.put_loop(body)
     if driver is not None and not driver.task.done():
-        driver.wake.set()
+        if not known:  # its own status patch comes back as an event: nothing new in it
+            driver.wake.set()
         return
     task = asyncio.create_task(
-        drive_loop(memo.kube, namespace or "", name, uid), name=f"loop {namespace}/{name}"
+        drive_loop(memo.kube, store, namespace or "", name, uid), name=f"loop {namespace}/{name}"
     )
     _loops[uid] = _LoopDriver(task, namespace or "", name)
+    _by_name[(namespace or "", name)] = uid
     task.add_done_callback(functools.partial(_forget, uid, name))
 
 
@@ -170,6 +219,8 @@ def _forget(uid: str, name: str, task: asyncio.Task[None]) -> None:
     driver = _loops.get(uid)
     if driver is not None and driver.task is task:
         del _loops[uid]
+        if _by_name.get((driver.namespace, driver.name)) == uid:
+            del _by_name[(driver.namespace, driver.name)]
     if not task.cancelled() and task.exception() is not None:
         log.error("loop task crashed: %s", task.exception(), extra={"loop": name})
 
@@ -183,3 +234,4 @@ async def stop_loops(**_: Any) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await driver.task
     _loops.clear()
+    _by_name.clear()

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 
-from kloop.adapters import connectors, drift, events, memory, oracles, targets
+from kloop.adapters import drift, events, memory, oracles, targets
 from kloop.adapters.clusters import MintRefused, token_seconds
 from kloop.adapters.kube import (
     Json,
@@ -107,7 +107,7 @@ async def write_status(kube: Kube, snap: Snapshot, decision: Decision) -> None:
         if is_permanent(err):
             raise _refused(Reason.STATUS_REJECTED, "the run's status", err) from err
         raise
-    snap.run["metadata"]["resourceVersion"] = updated["metadata"]["resourceVersion"]
+    snap.run = updated  # rebound, never edited: the old body may be the store's copy
     _check_not_pruned(new, updated.get("status") or {})
 
 
@@ -163,6 +163,7 @@ async def _create_pod(kube: Kube, snap: Snapshot, action: CreatePod, caches: Cac
             kube.core.create_namespaced_pod, namespace, manifest, field_validation="Strict"
         )
         caches.created[(uid, action.pod.name)] = pod["metadata"]["uid"]
+        caches.store.put_pod(pod)  # the next pass sees it before its watch event arrives
         PODS_CREATED.labels(action.pod.role.value).inc()
         log.info("pod created", extra={"pod": action.pod.name, "role": action.pod.role.value})
     except MintRefused as err:
@@ -426,8 +427,14 @@ async def _forget_target(
     caches.cleaned.add((run_uid, pod))
 
 
-async def _append_memory(kube: Kube, snap: Snapshot, entries: list[Json]) -> None:
-    """Append this run's finished iterations, then record on the run that they are in memory."""
+async def _append_memory(kube: Kube, snap: Snapshot, decision: Decision) -> None:
+    """Append the run's newly decided iterations to memory, before the status that follows them.
+
+    The status write that comes next then records ``memoryRecordedThrough`` itself (one write
+    fewer per iteration than a patch of its own). A crash or a conflict between the two is
+    covered by the ConfigMap's registry of recent runs, which the next pass copies into status.
+    """
+    entries = [a.entry for a in decision.actions if isinstance(a, AppendMemory)]
     loop = snap.observed.loop
     if loop.spec is None or snap.loop is None or not entries:
         return
@@ -437,12 +444,9 @@ async def _append_memory(kube: Kube, snap: Snapshot, entries: list[Json]) -> Non
         if is_permanent(err):
             raise _refused(Reason.MEMORY_REJECTED, "the memory ConfigMap", err) from err
         raise
-    try:
-        await _record_memory_through(kube, snap, max(int(e["iteration"]) for e in entries))
-    except Exception as err:
-        if is_permanent(err):
-            raise _refused(Reason.STATUS_REJECTED, "the run's memoryRecordedThrough", err) from err
-        raise
+    through = max(int(e["iteration"]) for e in entries)
+    if through > (decision.status.memory_recorded_through or 0):
+        decision.status.memory_recorded_through = through
 
 
 def _refused(reason: Reason, what: str, err: BaseException) -> PermanentWriteError:
@@ -466,31 +470,6 @@ async def _write_memory(kube: Kube, snap: Snapshot, entries: list[Json]) -> None
         loop.spec.memory.keep_iterations,
         loop.spec.memory.max_bytes,
     )
-
-
-async def _record_memory_through(kube: Kube, snap: Snapshot, through: int) -> None:
-    """Patch ``status.memoryRecordedThrough`` after a successful append.
-
-    A merge patch of one field, so it never fights the status replace. A crash before it is
-    covered by the ConfigMap's registry of recent runs (observe takes the larger of both), and the
-    next pass copies that into status.
-    """
-    meta = snap.run["metadata"]
-    if through <= ((snap.run.get("status") or {}).get("memoryRecordedThrough") or 0):
-        return
-    try:
-        updated = await kube.patch_status(
-            meta["namespace"],
-            "loopruns",
-            meta["name"],
-            {"status": {"memoryRecordedThrough": through}},
-        )
-    except Exception as err:
-        if is_status(err, 404):
-            return  # the run was deleted meanwhile
-        raise
-    meta["resourceVersion"] = updated["metadata"]["resourceVersion"]
-    snap.run.setdefault("status", {})["memoryRecordedThrough"] = through
 
 
 def _evaluate_oracle(snap: Snapshot, action: EvaluateOracle, caches: Caches) -> None:
@@ -583,6 +562,10 @@ def _check_connector(kube: Kube, snap: Snapshot, action: CheckConnector, caches:
         return
 
     async def run() -> None:
+        # imported on first use: the MCP SDK and its httpx2 cost ~30 MiB of RSS, and most
+        # operators never probe a connector
+        from kloop.adapters import connectors  # noqa: PLC0415
+
         try:
             outcome = await connectors.check(kube, meta["namespace"], connector, caches.egress)
         except Exception as err:  # noqa: BLE001 - a bug must not leave the stage waiting
@@ -610,10 +593,12 @@ def _notify(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) -> N
 
 async def apply(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) -> bool:
     """Apply a decision; False when status could not be written (re-observe and decide again)."""
+    await _append_memory(kube, snap, decision)  # first: the next pods read memory
     try:
         await write_status(kube, snap, decision)
     except Conflict:
         return False
+    caches.store.put_run(snap.run)
     obs = snap.observed
     record_transition(obs.namespace, obs.loop.name, obs.status, decision.status)
     RUNS.track(
@@ -623,8 +608,6 @@ async def apply(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) 
     for action in decision.actions:  # events first: they must match the status just written
         if isinstance(action, RecordEvent):
             await events.record(kube, snap.run, action.type, action.reason, action.message)
-    entries = [a.entry for a in decision.actions if isinstance(a, AppendMemory)]
-    await _append_memory(kube, snap, entries)
     failed: list[Exception] = []
     for action in decision.actions:  # one failing action (a target down) never stops the others
         try:

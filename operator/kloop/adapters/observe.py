@@ -17,9 +17,10 @@ from kloop.adapters.egress import EgressGuard
 from kloop.adapters.kube import Json, Kube, is_status
 from kloop.adapters.notify import Notifier
 from kloop.adapters.pods import LABEL_RUN_UID, observe_pod
+from kloop.adapters.store import Store
 from kloop.api import GROUP, VERSION
 from kloop.api.loop import LoopSpec
-from kloop.api.looprun import LoopRunSpec, LoopRunStatus
+from kloop.api.looprun import LoopRunSpec, LoopRunStatus, Phase
 from kloop.core import names
 from kloop.core.memory import recorded_through
 from kloop.core.model import (
@@ -73,6 +74,8 @@ class Caches:
     connectors: dict[tuple[str, str, str], ConnectorOutcome] = field(default_factory=dict)
     """(run uid, stage, connector) -> the MCP handshake's outcome (pending under
     ``connector_key``)."""
+    store: Store = field(default_factory=Store)
+    """The newest copy of the runs, Loops and pods the operator watches (adapters/store.py)."""
 
     def cancel_queries(self, uid: str) -> None:
         """Cancel a run's oracle queries still in flight (the run has ended)."""
@@ -182,21 +185,55 @@ def resumes(run: Json) -> dict[int, str]:
     return {int(n): who for n in numbers if n.isdigit()}
 
 
-async def _loop(kube: Kube, namespace: str, name: str) -> tuple[ObservedLoop, Json | None]:
+async def _loop(
+    kube: Kube, store: Store, namespace: str, name: str
+) -> tuple[ObservedLoop, Json | None]:
+    raw = store.loops.get((namespace, name))
+    if raw is None:  # not seen on the watch (yet): read it for real
+        try:
+            raw = await kube.call(
+                kube.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, "loops", name
+            )
+        except Exception as err:
+            if is_status(err, 404):
+                return ObservedLoop(name, None, f"Loop {name!r} not found in {namespace}"), None
+            raise
+        store.put_loop(raw)
     try:
-        raw = await kube.call(
-            kube.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, "loops", name
-        )
-    except Exception as err:
-        if is_status(err, 404):
-            return ObservedLoop(name, None, f"Loop {name!r} not found in {namespace}"), None
-        raise
-    try:
-        spec = LoopSpec.model_validate(raw.get("spec") or {})
+        spec = _loop_spec(raw)
     except ValidationError as err:
         problem = f"Loop {name!r} is invalid: {err.errors()[0]['msg']}"
         return ObservedLoop(name, None, problem, raw["metadata"]["uid"]), raw
     return ObservedLoop(name, spec, None, raw["metadata"]["uid"]), raw
+
+
+_parsed_specs: dict[tuple[str, str], LoopSpec] = {}
+
+
+def _loop_spec(raw: Json) -> LoopSpec:
+    """The Loop's validated spec, parsed once per generation (a pass reads it every time)."""
+    meta = raw["metadata"]
+    key = (str(meta.get("uid")), str(meta.get("generation")))
+    spec = _parsed_specs.get(key)
+    if spec is None:
+        spec = LoopSpec.model_validate(raw.get("spec") or {})
+        if len(_parsed_specs) >= 1024:
+            _parsed_specs.clear()
+        _parsed_specs[key] = spec
+    return spec
+
+
+def _memory_matters(status: LoopRunStatus) -> bool:
+    """Whether this pass must read the memory ConfigMap (up to 1 MB): only when it can matter.
+
+    Before the first pod (whose name must not be a ConfigMap kloop may not write: the conflict
+    check), and while a decided iteration is not yet recorded as in memory (the append, or a
+    crash between the append and the status patch). Otherwise status already says it all.
+    """
+    if status.phase in (None, Phase.PENDING) or not status.iterations:
+        return True
+    recorded = status.memory_recorded_through or 0
+    return any(r.decision is not None and r.number > recorded for r in status.iterations)
 
 
 async def _memory(
@@ -208,8 +245,9 @@ async def _memory(
     count: the status holds for any number of later runs, the registry covers a crash between the
     append and the status patch.
     """
-    if loop.spec is None:
-        return frozenset(range(1, (status.memory_recorded_through or 0) + 1)), None
+    recorded = frozenset(range(1, (status.memory_recorded_through or 0) + 1))
+    if loop.spec is None or not _memory_matters(status):
+        return recorded, None
     name = loop.spec.memory_config_map(loop.name)
     log, cm = await memory.read_log(kube, namespace, name)
     if cm is not None and (cm["metadata"].get("labels") or {}).get(memory.LOOP_LABEL) != loop.name:
@@ -223,25 +261,40 @@ async def _memory(
 
 
 async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snapshot | None:
-    """Read the run, its Loop, its pods and memory; None when the run is gone."""
-    try:
-        run = await kube.call(
-            kube.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, "loopruns", name
-        )
-    except Exception as err:
-        if is_status(err, 404):
-            return None
-        raise
+    """The run, its Loop, its pods and memory; None when the run is gone.
+
+    The run, its Loop and its pods come from the watch store (adapters/store.py), read for
+    real only when the store cannot answer; memory is read only when it can matter.
+    """
+    store = caches.store
+    run = store.runs.get((namespace, name))
+    if run is None:  # not seen on the watch yet, or after a conflict: read it for real
+        try:
+            run = await kube.call(
+                kube.custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                "loopruns",
+                name,
+            )
+        except Exception as err:
+            if is_status(err, 404):
+                return None
+            raise
+        store.put_run(run)
     uid = run["metadata"]["uid"]
     spec = LoopRunSpec.model_validate(run["spec"])
     status = LoopRunStatus.model_validate(run.get("status") or {})
-    loop, raw_loop = await _loop(kube, namespace, spec.loop_ref.name)
-    pods = await kube.call(
-        kube.core.list_namespaced_pod, namespace, label_selector=f"{names.LABEL_RUN}={name}"
-    )
+    loop, raw_loop = await _loop(kube, store, namespace, spec.loop_ref.name)
+    if store.needs_seed(namespace, name):  # first pass, or a while since: list them for real
+        listed = await kube.call(
+            kube.core.list_namespaced_pod, namespace, label_selector=f"{names.LABEL_RUN}={name}"
+        )
+        store.seed_pods(namespace, name, listed)
     owned = [
         p
-        for p in pods["items"]
+        for p in store.pods_of(namespace, name)
         if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])
     ]
     if loop.spec is not None and loop.spec.stages:

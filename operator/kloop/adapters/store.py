@@ -1,0 +1,165 @@
+"""The latest copy of the objects kloop watches, so a reconcile pass reads memory, not the API.
+
+kopf already streams every LoopRun, Loop and kloop pod to the operator; this store keeps the
+newest body of each (fed by the event handlers) and the operator's own writes (the apiserver's
+answer to a create, replace or patch), so a pass needs no GET or LIST. What makes it safe:
+
+- **Newest wins.** A body replaces the stored one only if its ``resourceVersion`` is newer, so a
+  late watch event never rolls back what a write returned. Kubernetes calls resource versions
+  opaque; kloop compares them as integers (etcd's revision, what every apiserver serves today) and
+  treats anything else as newer, which degrades to "last event wins".
+- **Pods are seeded per run.** A run's first pass (and one every ``RESEED_SECONDS``) lists its pods
+  with a real LIST and records the list's resource version: a watch event for a pod the list did not
+  hold, older than the list, is a pod deleted meanwhile and is dropped. So a restart never sees
+  too few pods (which would look like pods to create) nor ghosts (which would look like pods
+  running), and a watch that missed a deletion is corrected by the next reseed.
+- **Handed out read-only.** Callers get the stored dicts and must not mutate them: the I/O layer
+  rebinds, never edits (``Snapshot.run`` is replaced by the apiserver's answer after a write).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from kloop.adapters.kube import Json
+from kloop.core import names
+
+RESEED_SECONDS = 300.0
+"""How often a live run re-lists its pods for real (covers a deletion a watch gap hid)."""
+
+Key = tuple[str, str]
+
+
+def resource_version(obj: Json) -> int | None:
+    """The object's resourceVersion as an integer, None when it is not one."""
+    value = (obj.get("metadata") or {}).get("resourceVersion") or ""
+    return int(value) if value.isdigit() else None
+
+
+def newer(candidate: Json, stored: Json | None) -> bool:
+    """Whether ``candidate`` should replace ``stored`` (same object, later or unknown version)."""
+    if stored is None:
+        return True
+    new, old = resource_version(candidate), resource_version(stored)
+    return new is None or old is None or new > old
+
+
+def _key(obj: Json) -> Key:
+    meta = obj["metadata"]
+    return (meta.get("namespace") or "", meta["name"])
+
+
+@dataclass
+class _Seed:
+    version: int | None
+    at: float
+
+
+@dataclass
+class Store:
+    """LoopRuns, Loops and kloop's pods, newest first; pods indexed by the run they belong to."""
+
+    runs: dict[Key, Json] = field(default_factory=dict)
+    loops: dict[Key, Json] = field(default_factory=dict)
+    pods: dict[Key, Json] = field(default_factory=dict)
+    _pods_by_run: dict[Key, set[str]] = field(default_factory=dict)
+    _seeds: dict[Key, _Seed] = field(default_factory=dict)
+
+    # --- runs and Loops -------------------------------------------------------------------------
+
+    def put_run(self, run: Json) -> Json | None:
+        """Store a LoopRun if it is newer; the body it replaced (None: new, or not newer)."""
+        return _put(self.runs, run)
+
+    def put_loop(self, loop: Json) -> Json | None:
+        """Store a Loop if it is newer; the body it replaced."""
+        return _put(self.loops, loop)
+
+    def forget_run(self, namespace: str, name: str) -> None:
+        """The run is deleted: drop it, its pods' index and its seed."""
+        self.runs.pop((namespace, name), None)
+        self._seeds.pop((namespace, name), None)
+
+    def forget_loop(self, namespace: str, name: str) -> None:
+        """The Loop is deleted."""
+        self.loops.pop((namespace, name), None)
+
+    def runs_of(self, namespace: str, loop: str) -> list[Json]:
+        """The stored runs of one Loop (their ``spec.loopRef.name``)."""
+        return [
+            run
+            for (ns, _), run in self.runs.items()
+            if ns == namespace
+            and ((run.get("spec") or {}).get("loopRef") or {}).get("name") == loop
+        ]
+
+    # --- pods -----------------------------------------------------------------------------------
+
+    def put_pod(self, pod: Json) -> None:
+        """Store a pod from the watch or a write, unless a newer copy or the run's seed says no."""
+        key = _key(pod)
+        stored = self.pods.get(key)
+        if stored is None:
+            seed = self._seeds.get((key[0], _run_label(pod)))
+            version = resource_version(pod)
+            if seed is not None and None not in (seed.version, version):
+                assert seed.version is not None and version is not None
+                if version <= seed.version:
+                    return  # older than the run's list, which did not hold it: deleted since
+        elif not newer(pod, stored):
+            return
+        self.pods[key] = pod
+        self._pods_by_run.setdefault((key[0], _run_label(pod)), set()).add(key[1])
+
+    def delete_pod(self, pod: Json) -> None:
+        """The pod is gone."""
+        key = _key(pod)
+        stored = self.pods.pop(key, None)
+        run = (key[0], _run_label(stored or pod))
+        names_ = self._pods_by_run.get(run)
+        if names_ is not None:
+            names_.discard(key[1])
+            if not names_:
+                del self._pods_by_run[run]
+
+    def needs_seed(self, namespace: str, run: str, now: float | None = None) -> bool:
+        """Whether the run's pods must be listed for real before the store can answer."""
+        seed = self._seeds.get((namespace, run))
+        return seed is None or (now or time.monotonic()) - seed.at >= RESEED_SECONDS
+
+    def seed_pods(self, namespace: str, run: str, listed: Json) -> None:
+        """Replace what is known of a run's pods by a LIST's answer (``items`` + its version)."""
+        for name in list(self._pods_by_run.get((namespace, run), ())):
+            self.pods.pop((namespace, name), None)
+        self._pods_by_run.pop((namespace, run), None)
+        self._seeds[(namespace, run)] = _Seed(resource_version(listed), time.monotonic())
+        for pod in listed.get("items") or []:
+            pod.setdefault("metadata", {}).setdefault("namespace", namespace)
+            self.pods[_key(pod)] = pod
+            self._pods_by_run.setdefault((namespace, run), set()).add(pod["metadata"]["name"])
+
+    def unseed(self, namespace: str, run: str) -> None:
+        """Make the next pass list the run's pods for real (after a conflict or an error)."""
+        self._seeds.pop((namespace, run), None)
+
+    def pods_of(self, namespace: str, run: str) -> list[Json]:
+        """The stored pods labelled with this run's name."""
+        return [
+            self.pods[(namespace, name)]
+            for name in sorted(self._pods_by_run.get((namespace, run), ()))
+            if (namespace, name) in self.pods
+        ]
+
+
+def _run_label(pod: Json) -> str:
+    return str(((pod.get("metadata") or {}).get("labels") or {}).get(names.LABEL_RUN) or "")
+
+
+def _put(objects: dict[Key, Json], obj: Json) -> Json | None:
+    key = _key(obj)
+    stored = objects.get(key)
+    if not newer(obj, stored):
+        return None
+    objects[key] = obj
+    return stored
