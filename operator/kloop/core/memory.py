@@ -137,6 +137,8 @@ def _compact(log: dict[str, Any], run_uid: str, max_bytes: int, loop: str, goal:
     def over() -> bool:
         return rendered_size(log, loop, goal) > max_bytes
 
+    if not over():
+        return  # the usual case: one rendering, not one per step below
     entries, failures = log["entries"], log["summary"]["lastFailures"]
     while len(entries) > 1 and over():
         _fold(log["summary"], entries.pop(0))

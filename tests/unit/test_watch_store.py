@@ -1,0 +1,118 @@
+"""The watch store answers a pass like the API would: newest copy wins, no ghosts, no gaps."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from kloop.adapters import store as store_module
+from kloop.adapters.store import Store, newer
+from kloop.loops import run_changed_for_loop
+
+pytestmark = pytest.mark.unit
+
+
+def obj(name: str, rv: str, namespace: str = "ns", **extra: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": namespace, "resourceVersion": rv}, **extra}
+
+
+def pod(name: str, rv: str, run: str = "r1") -> dict[str, Any]:
+    body = obj(name, rv)
+    body["metadata"]["labels"] = {"kloop.dev/run": run}
+    return body
+
+
+def listed(rv: str, *pods: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"resourceVersion": rv}, "items": list(pods)}
+
+
+def test_a_late_watch_event_never_rolls_back_what_a_write_returned() -> None:
+    store = Store()
+    store.put_run(obj("r1", "20", status={"phase": "Running"}))
+    store.put_run(obj("r1", "12", status={"phase": "Pending"}))
+    assert store.runs[("ns", "r1")]["status"] == {"phase": "Running"}
+
+
+def test_resource_versions_compare_as_numbers_not_text() -> None:
+    assert newer(obj("a", "100"), obj("a", "99"))
+    assert not newer(obj("a", "99"), obj("a", "100"))
+
+
+def test_a_version_that_is_not_a_number_counts_as_newer() -> None:
+    assert newer(obj("a", "x1"), obj("a", "100"))
+
+
+def test_a_pod_deleted_between_the_watch_listing_and_the_runs_list_is_not_resurrected() -> None:
+    store = Store()
+    store.seed_pods("ns", "r1", listed("50", pod("kept", "40")))
+    store.put_pod(pod("deleted-before-the-list", "30"))  # kopf's initial listing, delivered late
+    assert [p["metadata"]["name"] for p in store.pods_of("ns", "r1")] == ["kept"]
+
+
+def test_a_pod_created_after_the_runs_list_is_stored() -> None:
+    store = Store()
+    store.seed_pods("ns", "r1", listed("50"))
+    store.put_pod(pod("new", "51"))
+    assert [p["metadata"]["name"] for p in store.pods_of("ns", "r1")] == ["new"]
+
+
+def test_seeding_replaces_what_was_known_of_the_runs_pods() -> None:
+    store = Store()
+    store.put_pod(pod("ghost", "10"))
+    store.seed_pods("ns", "r1", listed("60", pod("real", "55")))
+    assert [p["metadata"]["name"] for p in store.pods_of("ns", "r1")] == ["real"]
+
+
+def test_a_deleted_pod_leaves_the_runs_index() -> None:
+    store = Store()
+    store.seed_pods("ns", "r1", listed("5"))
+    store.put_pod(pod("p", "6"))
+    store.delete_pod(pod("p", "7"))
+    assert store.pods_of("ns", "r1") == []
+
+
+def test_pods_are_indexed_by_their_run_label_in_their_namespace() -> None:
+    store = Store()
+    store.put_pod(pod("a", "1", run="r1"))
+    store.put_pod(pod("b", "2", run="r2"))
+    assert [p["metadata"]["name"] for p in store.pods_of("ns", "r2")] == ["b"]
+    assert store.pods_of("other", "r2") == []
+
+
+def test_a_run_lists_its_pods_for_real_first_and_again_after_the_reseed_interval() -> None:
+    store = Store()
+    assert store.needs_seed("ns", "r1")
+    store.seed_pods("ns", "r1", listed("5"))
+    assert not store.needs_seed("ns", "r1")
+    later = time.monotonic() + store_module.RESEED_SECONDS + 1
+    assert store.needs_seed("ns", "r1", now=later)
+    store.unseed("ns", "r1")
+    assert store.needs_seed("ns", "r1")
+
+
+def test_runs_of_a_loop_are_found_by_their_loop_ref() -> None:
+    store = Store()
+    store.put_run(obj("a", "1", spec={"loopRef": {"name": "greeting"}}))
+    store.put_run(obj("b", "2", spec={"loopRef": {"name": "other"}}))
+    store.put_run(obj("c", "3", namespace="elsewhere", spec={"loopRef": {"name": "greeting"}}))
+    assert [r["metadata"]["name"] for r in store.runs_of("ns", "greeting")] == ["a"]
+
+
+def run(**status: Any) -> dict[str, Any]:
+    body = obj("r1", "1", spec={"loopRef": {"name": "l"}}, status=status)
+    body["metadata"]["creationTimestamp"] = "2026-11-26T00:00:00Z"
+    return body
+
+
+def test_a_verdict_recorded_does_not_wake_the_loop_but_a_new_phase_does() -> None:
+    before = run(phase="Running", iterations=[{"number": 1}])
+    verdict = run(phase="Running", iterations=[{"number": 1, "checkers": [{"name": "c"}]}])
+    assert not run_changed_for_loop(before, verdict)
+    assert run_changed_for_loop(before, run(phase="Succeeded", iterations=[{"number": 1}]))
+
+
+def test_a_new_or_deleted_run_wakes_the_loop() -> None:
+    assert run_changed_for_loop(None, run(phase="Running"))
+    assert run_changed_for_loop(run(phase="Running"), None)
