@@ -37,6 +37,7 @@ from kloop.adapters.kubeconfig import (
     parse_kubeconfig,
     parse_service_account,
 )
+from kloop.adapters.rest import CoreV1
 from kloop.core.model import LOCAL_CLUSTER, ClusterState, ObservedCluster
 
 log = logging.getLogger("kloop.clusters")
@@ -269,7 +270,7 @@ class ClusterRegistry:
             "kind": "TokenRequest",
             "spec": {"expirationSeconds": max(MIN_TOKEN_SECONDS, seconds)},
         }
-        core = client.CoreV1Api(entry.api)
+        core = CoreV1(entry.api)
         try:
             response = await asyncio.to_thread(
                 partial(

@@ -17,6 +17,7 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
+from kloop.adapters import rest
 from kloop.adapters.kube import Json, Kube, api_message, is_status
 from kloop.api.loop import Drift
 from kloop.core import drift as core
@@ -46,26 +47,10 @@ def _rest(
     content_type: str | None = None,
     _preload_content: bool = False,
 ) -> Any:
-    """A raw API request with the client's auth; raises ApiException on a non-2xx answer.
-
-    Returns the read response (``.data`` holds the body), as ``Kube.call`` expects.
-    """
-    headers = {"Accept": "application/json"}
-    if content_type:
-        headers["Content-Type"] = content_type
-    request = api_client.param_serialize(
-        method,
-        path,
-        query_params=query or [],
-        header_params=headers,
-        body=body,
-        auth_settings=["BearerToken"],
+    """A raw API request with the client's auth (``rest.request``, drift's timeouts)."""
+    return rest.request(
+        api_client, method, path, query, body, content_type, _request_timeout=REQUEST_TIMEOUT
     )
-    response = api_client.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
-    response.read()
-    if not 200 <= response.status <= 299:
-        raise ApiException.from_response(http_resp=response, body=None, data=None)
-    return response
 
 
 class _Resources:

@@ -11,6 +11,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from kloop.adapters.rest import CoreV1, CustomObjects
 from kloop.api import GROUP, VERSION
 
 Json = dict[str, Any]
@@ -21,8 +22,8 @@ class Kube:
 
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
         self.api_client = api_client or new_api_client()
-        self.core = client.CoreV1Api(self.api_client)
-        self.custom = client.CustomObjectsApi(self.api_client)
+        self.core = CoreV1(self.api_client)
+        self.custom = CustomObjects(self.api_client)
 
     async def patch_status(self, namespace: str, plural: str, name: str, patch: Json) -> Json:
         """Merge-patch the status subresource of a kloop object; the object as stored."""
