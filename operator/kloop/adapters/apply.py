@@ -605,9 +605,6 @@ async def apply(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) 
         obs.uid, obs.namespace, obs.name, obs.loop.name, obs.loop.spec, obs.spec, decision.status
     )
     _notify(kube, snap, decision, caches)
-    for action in decision.actions:  # events first: they must match the status just written
-        if isinstance(action, RecordEvent):
-            await events.record(kube, snap.run, action.type, action.reason, action.message)
     failed: list[Exception] = []
     for action in decision.actions:  # one failing action (a target down) never stops the others
         try:
@@ -626,6 +623,10 @@ async def apply(kube: Kube, snap: Snapshot, decision: Decision, caches: Caches) 
         except Exception as err:  # noqa: BLE001 - retried with backoff once the others ran
             log.warning("action failed: %s: %s", type(action).__name__, err)
             failed.append(err)
+    # after the pods, so the next pod is not held up by them; after the status they describe
+    for action in decision.actions:
+        if isinstance(action, RecordEvent):
+            await events.record(kube, snap.run, action.type, action.reason, action.message)
     for pod, secret_uid in snap.ended_targets.items():
         await _forget_target(kube, snap, pod, secret_uid, caches)
     for pod, where in snap.placed_ended.items():
