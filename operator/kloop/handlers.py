@@ -19,7 +19,7 @@ from typing import Any
 
 import kopf
 
-from kloop import loops
+from kloop import loops, shards
 from kloop.adapters import errors
 from kloop.adapters.apply import PermanentWriteError, apply
 from kloop.adapters.egress import EgressGuard
@@ -58,9 +58,11 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.posting.level = logging.WARNING
     # watch only kloop's pods, filtered by the apiserver (not every pod of the cluster)
     settings.watching.label_selectors["v1", "pods"] = names.LABEL_RUN
+    shard = shards.configure(settings, memo)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     memo.kube = Kube()
+    shards.identify(memo.kube, shard)
     # the egress guard comes from main's flags (--allow-egress-cidr); strict when run otherwise
     memo.caches = Caches(egress=getattr(memo, "egress", None) or EgressGuard(), wake=_wake)
     # drift in a target is measured as its agent ServiceAccount: a Loop learns no more there
