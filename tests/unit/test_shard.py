@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import kopf
 import pytest
+from kubernetes import client
 
+from kloop import shards
+from kloop.adapters.kube import Kube
 from kloop.adapters.launch import new_run
 from kloop.adapters.pods import render_inputs, render_pod
 from kloop.api.looprun import LoopRunSpec
@@ -153,3 +157,34 @@ def test_pods_of_an_unlabelled_run_drop_a_shard_label_from_the_template() -> Non
     pod = _render({}, {LABEL_SHARD: "b"})
     assert LABEL_SHARD not in pod["metadata"]["labels"]
     assert parse("!kloop.dev/shard").matches(pod["metadata"]["labels"])
+
+
+def _watch_selector(settings: kopf.OperatorSettings, group: str, plural: str, kind: str) -> str:
+    """The labelSelector kopf sends with its list and watch of this resource."""
+    resource = kopf.Resource(group, "v1" if not group else "v1alpha1", plural, kind=kind)
+    return ",".join(sorted(set(settings.watching.label_selectors.collect(resource))))
+
+
+def test_a_shard_filters_the_watches_of_loops_runs_and_kloops_pods_only() -> None:
+    settings = kopf.OperatorSettings()
+    settings.watching.label_selectors["v1", "pods"] = "kloop.dev/run"  # as handlers.configure
+    shard = shards.configure(settings, kopf.Memo(shard=parse("kloop.dev/shard=a")))
+    assert shard is not None
+    assert _watch_selector(settings, "kloop.dev", "loops", "Loop") == "kloop.dev/shard=a"
+    assert _watch_selector(settings, "kloop.dev", "loopruns", "LoopRun") == "kloop.dev/shard=a"
+    assert _watch_selector(settings, "", "pods", "Pod") == "kloop.dev/run,kloop.dev/shard=a"
+    assert _watch_selector(settings, "", "configmaps", "ConfigMap") == ""
+
+
+def test_an_unsharded_operator_watches_every_loop_and_run() -> None:
+    settings = kopf.OperatorSettings()
+    assert shards.configure(settings, kopf.Memo()) is None
+    assert _watch_selector(settings, "kloop.dev", "loopruns", "LoopRun") == ""
+
+
+def test_each_replica_names_its_shard_in_its_user_agent() -> None:
+    kube = Kube(client.ApiClient())
+    shards.identify(kube, parse("!kloop.dev/shard"))
+    assert kube.api_client.user_agent.startswith("kloop-operator-shard-none/")
+    shards.identify(kube, None)
+    assert kube.api_client.user_agent.split("/")[0] == "kloop-operator"
