@@ -17,9 +17,7 @@ from enum import StrEnum
 LABEL_SHARD = "kloop.dev/shard"
 OPERATOR_NAME = "kloop-operator"
 
-_KEY = re.escape(LABEL_SHARD)
 _VALUE = r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?"
-_SET = rf"\(\s*{_VALUE}(?:\s*,\s*{_VALUE})*\s*\)"
 _REQUIREMENT = re.compile(
     r"""\s*(?:
         (?P<absent>!)\s*(?P<k1>[^\s,=!()]+)
@@ -112,8 +110,8 @@ def parse(text: str) -> Shard:
             raise ShardError(f"not a label selector at {source[pos:]!r} in {source!r}")
         requirements.append(_requirement(found, source))
         pos = found.end()
-        if source.endswith(",") and pos == len(source):
-            raise ShardError(f"{source!r} ends with a comma")
+    if source.endswith(","):
+        raise ShardError(f"{source!r} ends with a comma")
     canonical = ",".join(_render(r) for r in requirements)
     return Shard(canonical, tuple(requirements))
 
