@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import kopf
 
-from kloop import loops
+from kloop import loops, shards
 from kloop.adapters import errors
 from kloop.adapters.apply import PermanentWriteError, apply
 from kloop.adapters.egress import EgressGuard
@@ -84,9 +84,11 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     # kopf waits this long after an object's event for more before handling it (default 0.1 s):
     # every step of a run would wait it out. The handlers only store the body and wake a task.
     settings.batching.batch_window = 0.01
+    shard = shards.configure(settings, memo)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     memo.kube = Kube()
+    shards.identify(memo.kube, shard)
     # the egress guard comes from main's flags (--allow-egress-cidr); strict when run otherwise
     memo.caches = Caches(
         egress=getattr(memo, "egress", None) or EgressGuard(), wake=_wake, store=Store()

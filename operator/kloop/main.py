@@ -1,4 +1,4 @@
-"""``kloop-operator``: register the handlers and run kopf (standalone, one replica)."""
+"""``kloop-operator``: register the handlers and run kopf (standalone, one replica per shard)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,20 @@ import kopf
 from kloop import logs, metrics
 from kloop.adapters.egress import EgressGuard
 from kloop.core.egress import IPNetwork, parse_cidr
+from kloop.core.shard import Shard, ShardError, parse
 
 
 def _cidr(value: str) -> IPNetwork:
     try:
         return parse_cidr(value)
     except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _shard(value: str) -> Shard:
+    try:
+        return parse(value)
+    except ShardError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
@@ -65,6 +73,17 @@ def main(argv: list[str] | None = None) -> int:
             "KLOOP_ALLOW_EGRESS_CIDRS, comma-separated); default: none"
         ),
     )
+    parser.add_argument(
+        "--shard-label",
+        type=_shard,
+        default=os.environ.get("KLOOP_SHARD_LABEL") or None,
+        metavar="SELECTOR",
+        help=(
+            "serve only the Loops, LoopRuns and pods this selector over kloop.dev/shard matches, "
+            "filtered by the apiserver, e.g. kloop.dev/shard=a, or !kloop.dev/shard for the "
+            "unlabelled ones (env KLOOP_SHARD_LABEL; default: all; see docs/scaling.md)"
+        ),
+    )
     parser.add_argument("--log-level", default=os.environ.get("KLOOP_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     logs.configure(args.log_level)
@@ -82,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             memo=kopf.Memo(
                 egress=EgressGuard(tuple(args.allow_egress_cidr)),
                 webhook_port=args.webhook_port,
+                shard=args.shard_label,
             ),
         )
     )

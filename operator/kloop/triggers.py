@@ -19,6 +19,7 @@ from typing import Any
 
 import kopf
 
+from kloop import shards
 from kloop.adapters import triggers as io
 from kloop.adapters.egress import EgressGuard
 from kloop.adapters.kube import Json, Kube
@@ -237,7 +238,9 @@ def _merged(loop: Json, changes: dict[str, TriggerChange]) -> list[Json] | None:
 async def start_triggers(memo: Any, **_: Any) -> None:
     """Start the webhook receiver (``--webhook-port``) and the Secret refresher."""
     guard = getattr(memo, "egress", None) or EgressGuard()
-    memo.triggers = Triggers(Kube(), guard, int(getattr(memo, "webhook_port", 0) or 0))
+    kube = Kube()
+    shards.identify(kube, getattr(memo, "shard", None))
+    memo.triggers = Triggers(kube, guard, int(getattr(memo, "webhook_port", 0) or 0))
     await memo.triggers.start()
 
 

@@ -130,3 +130,54 @@ def test_install_notes_carry_the_argo_cd_health_checks_verbatim() -> None:
         assert "\n".join("      " + line for line in lines) in "\n".join(
             line for line in notes.splitlines() if line.strip()
         ), script.name
+
+
+def _release(release: str, *sets: str) -> dict[tuple[str, str], dict[str, Any]]:
+    args = [str(build_helm()), "template", release, str(CHART), "--namespace=kloop-system"]
+    for value in sets:
+        args += ["--set", value]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def test_one_release_per_shard_passes_its_selector_and_clashes_with_no_other() -> None:
+    def args(objects: dict[tuple[str, str], dict[str, Any]], name: str) -> list[str]:
+        pod = objects[("Deployment", name)]["spec"]["template"]["spec"]
+        found: list[str] = pod["containers"][0]["args"]
+        return found
+
+    assert "--shard-label" not in args(_render(), "kloop")
+    shard_a = _release("kloop-a", "shardLabel=kloop.dev/shard=a")
+    default = _release("kloop-default", "shardLabel=!kloop.dev/shard")
+    a = args(shard_a, "kloop-a")
+    assert a[a.index("--shard-label") + 1] == "kloop.dev/shard=a"
+    d = args(default, "kloop-default")
+    assert d[d.index("--shard-label") + 1] == "!kloop.dev/shard"
+    # two releases in one namespace: every object (cluster-wide ones too) has its own name
+    assert not shard_a.keys() & default.keys()
+
+
+def test_a_second_shard_release_runs_as_the_first_ones_service_account() -> None:
+    shard_b = _release(
+        "kloop-b",
+        "shardLabel=kloop.dev/shard=b",
+        "serviceAccount.create=false",
+        "serviceAccount.name=kloop-a",
+        "admission.enabled=false",
+    )
+    kinds = {kind for kind, _ in shard_b}
+    assert "ServiceAccount" not in kinds
+    assert not kinds & {"ValidatingAdmissionPolicy", "OperatorIdentity"}
+    pod = shard_b[("Deployment", "kloop-b")]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "kloop-a"
+    bindings = [d for (k, _), d in shard_b.items() if k in ("ClusterRoleBinding", "RoleBinding")]
+    assert bindings
+    for binding in bindings:
+        assert [s["name"] for s in binding["subjects"]] == ["kloop-a"]
+    # the first release's policy names that account as the one operator identity
+    identity = _release("kloop-a", "shardLabel=kloop.dev/shard=a")[
+        ("OperatorIdentity", "kloop-a-kloop-system")
+    ]
+    assert identity["spec"]["username"] == "system:serviceaccount:kloop-system:kloop-a"

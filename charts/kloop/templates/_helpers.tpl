@@ -33,5 +33,5 @@ app.kubernetes.io/component: operator
 {{- end }}
 
 {{- define "kloop.serviceAccountName" -}}
-{{ include "kloop.fullname" . }}
+{{ .Values.serviceAccount.name | default (include "kloop.fullname" .) }}
 {{- end }}

@@ -9,7 +9,7 @@ from kloop.adapters import events
 from kloop.adapters.kube import Json, Kube, is_status, owner_reference
 from kloop.api import GROUP, VERSION
 from kloop.api.loop import ConcurrencyPolicy
-from kloop.core import names
+from kloop.core import names, shard
 from kloop.core.launch import RunRequest, plan_start
 from kloop.core.loops import run_finished
 
@@ -57,7 +57,11 @@ async def runs_of(kube: Kube, loop: Json) -> list[Json]:
 
 
 def new_run(loop: Json, request: RunRequest) -> Json:
-    """The LoopRun object for a request: owned by the Loop (so history pruning may delete it)."""
+    """The LoopRun object for a request: owned by the Loop (so history pruning may delete it).
+
+    It carries the Loop's ``kloop.dev/shard`` label, so the replica serving the Loop serves the run
+    (whether the Loop controller or ``kubectl kloop run`` creates it).
+    """
     meta = loop["metadata"]
     spec: Json = {"loopRef": {"name": meta["name"]}}
     if request.context:
@@ -68,7 +72,7 @@ def new_run(loop: Json, request: RunRequest) -> Json:
         "metadata": {
             "name": request.name,
             "namespace": meta["namespace"],
-            "labels": {names.LABEL_LOOP: meta["name"]},
+            "labels": shard.inherit({names.LABEL_LOOP: meta["name"]}, meta.get("labels") or {}),
             "annotations": dict(request.annotations),
             "ownerReferences": [owner_reference(loop, controller=True)],
         },

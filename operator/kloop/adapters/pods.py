@@ -11,7 +11,7 @@ from kloop.adapters.workspace import WORKSPACE_DIR, add_workspace
 from kloop.api.loop import LoopSpec, Pricing
 from kloop.api.looprun import LoopRunSpec
 from kloop.api.pod import PodTemplate
-from kloop.core import names
+from kloop.core import names, shard
 from kloop.core.connectors import MCP_FILE
 from kloop.core.model import LOCAL_CLUSTER, ContainerEnd, ObservedPod, PodRequest, Role
 
@@ -143,8 +143,10 @@ def render_pod(
     raw = template.to_kube()
     spec: Json = copy.deepcopy(raw["spec"])
     meta = raw.get("metadata") or {}
+    # the run's shard label, never the template's: the run's replica must see its pods' events
+    run_labels = run["metadata"].get("labels") or {}
     labels = {
-        **(meta.get("labels") or {}),
+        **shard.inherit(meta.get("labels") or {}, run_labels),
         names.LABEL_RUN: run["metadata"]["name"],
         names.LABEL_LOOP: loop_name,
         names.LABEL_ROLE: req.role.value,
@@ -223,7 +225,9 @@ def render_inputs(req: PodRequest, run: Json, owner: Json) -> Json:
         "metadata": {
             "name": names.inputs_config_map_name(req.name),
             "namespace": run["metadata"]["namespace"],
-            "labels": {names.LABEL_RUN: run["metadata"]["name"]},
+            "labels": shard.inherit(
+                {names.LABEL_RUN: run["metadata"]["name"]}, run["metadata"].get("labels") or {}
+            ),
             "ownerReferences": [owner],
         },
         "data": dict(req.files),
