@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from kubernetes import client
 
 from e2e.argo import procstat
-from e2e.argo.build import build_argo
 from e2e.argo.controller import ArgoController
 from e2e.argo.image import ensure_argoexec_image
 from e2e.argo.workflow import greeting_workflow, pods_of, submit, wait_finished
@@ -87,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--timeout", type=float, default=300, help="seconds per workflow")
     args = parser.parse_args(argv)
     if args.command == "build":
-        print(build_argo())
         print(ensure_argoexec_image())
         return 0
     if not 1 <= args.runs <= 6:

@@ -26,13 +26,13 @@ def _digest(path: Path) -> str:
 
 
 def argoexec_ref() -> str:
-    """The image reference of the current cached argoexec (building it when missing)."""
-    build_argo()
+    """The image reference of the cached argoexec (which must be built)."""
     return f"{ARGOEXEC_REPO}:v{ARGO_VERSION}-{_digest(binary('argoexec'))}"
 
 
 def build_argoexec_image() -> Path:
     """The argoexec docker-archive tarball under the images cache, written when missing."""
+    build_argo()
     ref = argoexec_ref()
     out = IMAGES_DIR / f"argoexec-v{ARGO_VERSION}-{ref.rsplit('-', 1)[1]}.tar"
     if out.exists():
@@ -64,6 +64,7 @@ def _present(ref: str) -> bool:
 
 def ensure_argoexec_image() -> str:
     """Return the argoexec image reference, built and imported into the node when missing."""
+    build_argo()
     ref = argoexec_ref()
     if _present(ref):
         progress(f"argoexec image {ref}: already in the node's containerd", tag="kloop-argo")
