@@ -22,7 +22,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from e2e.argo.build import build_argo, module_dir
+from e2e.argo.build import binary, module_dir
 from e2e.argo.image import ensure_argoexec_image
 from e2e.argo.workflow import EXECUTOR_SERVICE_ACCOUNT
 from e2e.cluster.build import progress
@@ -166,8 +166,7 @@ class ArgoController:
             self.created_namespace = True
 
     def _start(self) -> None:
-        binaries = build_argo()
-        self.executor_image = ensure_argoexec_image()
+        self.executor_image = ensure_argoexec_image()  # builds Argo first when not cached
         self._ensure_namespace()
         self.installed_crds = install_missing_crds(self.kubeconfig, self.api)
         _apply(
@@ -182,7 +181,7 @@ class ArgoController:
         if self.requeue_seconds is not None:
             env["DEFAULT_REQUEUE_TIME"] = f"{self.requeue_seconds:g}s"
         args = [
-            str(binaries / "workflow-controller"),
+            str(binary("workflow-controller")),
             f"--kubeconfig={self.kubeconfig}",
             f"--namespace={self.namespace}",
             "--namespaced",
