@@ -26,7 +26,7 @@ from e2e.argo.build import binary, module_dir
 from e2e.argo.image import ensure_argoexec_image
 from e2e.argo.workflow import EXECUTOR_SERVICE_ACCOUNT
 from e2e.cluster.build import progress
-from e2e.cluster.paths import ADMIN_KUBECONFIG, apply_crds, run_kubectl
+from e2e.cluster.paths import ADMIN_KUBECONFIG, run_kubectl
 from e2e.procs import free_port, log_tail, stop_process
 
 CONFIGMAP = "workflow-controller-configmap"
@@ -48,17 +48,49 @@ def _crd_names(directory: Path) -> list[str]:
     )
 
 
-def install_missing_crds(kubeconfig: Path, api: client.ApiClient) -> list[str]:
-    """Apply Argo's CRDs that the cluster lacks; return the names applied (to remove later)."""
-    ext = client.ApiextensionsV1Api(api)
-    have = {c.metadata.name for c in ext.list_custom_resource_definition().items}
+def _argo_crds(ext: client.ApiextensionsV1Api, timeout: float = 60) -> set[str]:
+    """The Argo CRDs the cluster has, once none of them is still being deleted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        crds = [
+            c
+            for c in ext.list_custom_resource_definition().items
+            if c.metadata.name.endswith(_CRD_GROUP_SUFFIX)
+        ]
+        if not any(c.metadata.deletion_timestamp for c in crds):
+            return {c.metadata.name for c in crds}
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Argo CRDs still being deleted after {timeout}s")
+        time.sleep(0.5)
+
+
+def _established(ext: client.ApiextensionsV1Api, name: str) -> bool:
+    try:
+        crd = ext.read_custom_resource_definition(name)
+    except ApiException as e:
+        if e.status == 404:
+            return False
+        raise
+    conditions = (crd.status.conditions if crd.status else None) or []
+    return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+
+def install_crds(kubeconfig: Path, ext: client.ApiextensionsV1Api, names: list[str]) -> None:
+    """Server-side apply the named Argo CRDs and wait until the apiserver serves them.
+
+    Polled here rather than ``kubectl wait``, which fails on a CRD whose status is still empty.
+    """
     directory = crd_dir()
-    missing = [n for n in _crd_names(directory) if n not in have]
-    if not missing:
-        return []
-    files = [directory / f"argoproj.io_{n.removesuffix(_CRD_GROUP_SUFFIX)}.yaml" for n in missing]
-    apply_crds(kubeconfig, *files, field_manager="kloop-argo-bench")
-    return missing
+    files = [f"--filename={directory / f'argoproj.io_{n.removesuffix(_CRD_GROUP_SUFFIX)}.yaml'}"
+             for n in names]  # fmt: skip
+    run_kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts",
+                "--field-manager=kloop-argo-bench", *files)  # fmt: skip
+    deadline = time.monotonic() + 60
+    pending = list(names)
+    while pending := [n for n in pending if not _established(ext, n)]:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Argo CRDs not established within 60s: {pending}")
+        time.sleep(0.2)
 
 
 def _executor_rbac(namespace: str) -> list[dict[str, Any]]:
@@ -168,7 +200,11 @@ class ArgoController:
     def _start(self) -> None:
         self.executor_image = ensure_argoexec_image()  # builds Argo first when not cached
         self._ensure_namespace()
-        self.installed_crds = install_missing_crds(self.kubeconfig, self.api)
+        ext = client.ApiextensionsV1Api(self.api)
+        missing = [n for n in _crd_names(crd_dir()) if n not in _argo_crds(ext)]
+        self.installed_crds = missing  # before applying: a failed apply is cleaned up too
+        if missing:
+            install_crds(self.kubeconfig, ext, missing)
         _apply(
             self.kubeconfig,
             [
