@@ -43,14 +43,14 @@ def run_once(argo: ArgoController, api: client.ApiClient, name: str, timeout: fl
     """Submit one greeting workflow and measure it until it has finished, exit handler included."""
     cpu_before = procstat.cpu_seconds(argo.pid)
     started = time.monotonic()
-    submit(api, argo.namespace, greeting_workflow(name))
-    wf = wait_finished(api, argo.namespace, name, timeout)
+    submit(argo.namespace, greeting_workflow(name), api=api)
+    wf = wait_finished(argo.namespace, name, timeout, api=api)
     seconds = time.monotonic() - started
     return RunResult(
         name=name,
         seconds=seconds,
         phase=str(wf["status"]["phase"]),
-        pods=len(pods_of(api, argo.namespace, name)),
+        pods=len(pods_of(argo.namespace, name, api=api)),
         peak_rss_mib=procstat.peak_rss_mib(argo.pid),
         cpu_seconds=procstat.cpu_seconds(argo.pid) - cpu_before,
     )

@@ -24,7 +24,7 @@ from kubernetes.client.rest import ApiException
 
 from e2e.argo.build import binary, module_dir
 from e2e.argo.image import ensure_argoexec_image
-from e2e.argo.workflow import EXECUTOR_SERVICE_ACCOUNT
+from e2e.argo.workflow import EXECUTOR_SERVICE_ACCOUNT, GROUP, PLURAL, VERSION
 from e2e.cluster.build import progress
 from e2e.cluster.paths import ADMIN_KUBECONFIG, run_kubectl
 from e2e.procs import free_port, log_tail, stop_process
@@ -264,6 +264,18 @@ class ArgoController:
         """SIGTERM, then SIGKILL after ``STOP_GRACE`` seconds (it ignores SIGTERM)."""
         stop_process(self.proc, grace=STOP_GRACE)
 
+    def _workflows_elsewhere(self) -> bool:
+        """Whether another namespace has Workflows: another benchmark still needs the CRDs."""
+        try:
+            listed = client.CustomObjectsApi(self.api).list_cluster_custom_object(
+                GROUP, VERSION, PLURAL
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        return any(w["metadata"]["namespace"] != self.namespace for w in listed["items"])
+
     def _cleanup(self) -> None:
         self.stop()
         core = client.CoreV1Api(self.api)
@@ -273,7 +285,7 @@ class ArgoController:
             except ApiException as e:
                 if e.status != 404:
                     raise
-        if self.remove_crds and self.installed_crds:
+        if self.remove_crds and self.installed_crds and not self._workflows_elsewhere():
             ext = client.ApiextensionsV1Api(self.api)
             for name in self.installed_crds:
                 try:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from kubernetes import client, watch
+from kubernetes import client, config, watch
 
 from e2e.cluster.images import BUSYBOX_IMAGE
+from e2e.cluster.paths import ADMIN_KUBECONFIG
 
 GROUP, VERSION, PLURAL = "argoproj.io", "v1alpha1", "workflows"
 EXECUTOR_SERVICE_ACCOUNT = "argo-executor"
@@ -118,9 +119,16 @@ def greeting_workflow(name: str) -> dict[str, Any]:
     }
 
 
-def submit(api: client.ApiClient, namespace: str, workflow: dict[str, Any]) -> dict[str, Any]:
+def _client(api: client.ApiClient | None) -> client.ApiClient:
+    """``api``, or a client of the local cluster's admin kubeconfig."""
+    return api or config.new_client_from_config(config_file=str(ADMIN_KUBECONFIG))
+
+
+def submit(
+    namespace: str, workflow: dict[str, Any], *, api: client.ApiClient | None = None
+) -> dict[str, Any]:
     """Create ``workflow`` in ``namespace``; return the created object."""
-    created: dict[str, Any] = client.CustomObjectsApi(api).create_namespaced_custom_object(
+    created: dict[str, Any] = client.CustomObjectsApi(_client(api)).create_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, workflow
     )
     return created
@@ -132,14 +140,14 @@ def _finished(wf: dict[str, Any]) -> bool:
 
 
 def wait_finished(
-    api: client.ApiClient, namespace: str, name: str, timeout: float = 300
+    namespace: str, name: str, timeout: float = 300, *, api: client.ApiClient | None = None
 ) -> dict[str, Any]:
     """Return the Workflow once it has finished (exit handler included); raise after ``timeout``.
 
     Watches rather than polls, so the moment it returns is within one event of the controller's
     final status write: the caller's clock around submit -> this is create -> done.
     """
-    custom = client.CustomObjectsApi(api)
+    custom = client.CustomObjectsApi(_client(api))
     deadline = time.monotonic() + timeout
     selector = f"metadata.name={name}"
     while (left := deadline - time.monotonic()) > 0:
@@ -161,9 +169,11 @@ def wait_finished(
     raise TimeoutError(f"workflow {namespace}/{name} not finished within {timeout}s")
 
 
-def pods_of(api: client.ApiClient, namespace: str, name: str) -> list[client.V1Pod]:
+def pods_of(
+    namespace: str, name: str, *, api: client.ApiClient | None = None
+) -> list[client.V1Pod]:
     """The pods Argo created for workflow ``name`` (maker, checker and exit handler pods)."""
-    pods = client.CoreV1Api(api).list_namespaced_pod(
+    pods = client.CoreV1Api(_client(api)).list_namespaced_pod(
         namespace, label_selector=f"{WORKFLOW_LABEL}={name}"
     )
     return list(pods.items)

@@ -37,8 +37,8 @@ def test_argo_runs_the_greeting_loop_until_the_checker_passes_on_try_three(
     with ArgoController(namespace, requeue_seconds=1, kubeconfig=cluster) as argo:
         pid = argo.pid
         cpu_before = procstat.cpu_seconds(pid)
-        submit(api_client, namespace, greeting_workflow("greeting"))
-        wf = wait_finished(api_client, namespace, "greeting", timeout=240)
+        submit(namespace, greeting_workflow("greeting"), api=api_client)
+        wf = wait_finished(namespace, "greeting", timeout=240, api=api_client)
         assert procstat.cpu_seconds(pid) > cpu_before
         assert wf["status"]["phase"] == "Succeeded", argo.log_tail()
         checkers = _nodes(wf, "checker")
@@ -50,7 +50,7 @@ def test_argo_runs_the_greeting_loop_until_the_checker_passes_on_try_three(
             "hello, world",
         ]
         assert len(_nodes(wf, "greeting.onExit")) == 1  # the teardown ran
-        assert len(pods_of(api_client, namespace, "greeting")) == 7
+        assert len(pods_of(namespace, "greeting", api=api_client)) == 7
         stopping = time.monotonic()
     assert argo.proc is not None and argo.proc.poll() is not None  # never left running
     assert time.monotonic() - stopping < STOP_GRACE + 5
