@@ -262,7 +262,11 @@ class ArgoController:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after ``STOP_GRACE`` seconds (it ignores SIGTERM)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
         stop_process(self.proc, grace=STOP_GRACE)
+        how = {-15: "SIGTERM", -9: "SIGKILL"}.get(self.proc.returncode, str(self.proc.returncode))
+        progress(f"workflow-controller pid {self.proc.pid} stopped ({how})", tag="kloop-argo")
 
     def _workflows_elsewhere(self) -> bool:
         """Whether another namespace has Workflows: another benchmark still needs the CRDs."""
