@@ -48,7 +48,7 @@ test: lint ## Lint, build (cluster, test model, images), the whole suite, then t
 	@was_up=1; $(PY) -c 'from e2e.cluster import local; raise SystemExit(not local.any_running())' \
 	  || was_up=0; \
 	failed=0; \
-	KLOOP_KEEP_CLUSTER=1 $(PY) -m pytest tests e2e || failed=1; \
+	KLOOP_KEEP_CLUSTER=1 $(PY) -m pytest -m 'not bench' tests e2e || failed=1; \
 	echo ">> the engine's e2e tests again, operator installed from the chart"; \
 	KLOOP_KEEP_CLUSTER=1 KLOOP_E2E_OPERATOR=chart $(PY) -m pytest -m both_modes e2e || failed=1; \
 	if [ $$was_up = 0 ] && [ "$$KLOOP_KEEP_CLUSTER" != 1 ]; then $(PY) -m e2e.cluster down; fi; \

@@ -30,6 +30,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "both_modes: also runs against the operator installed from the chart"
     )
+    config.addinivalue_line(
+        "markers", "bench: a benchmark reference (Argo Workflows): run by make bench, not make test"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
