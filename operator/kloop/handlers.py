@@ -25,7 +25,7 @@ from kloop.adapters.apply import PermanentWriteError, apply
 from kloop.adapters.egress import EgressGuard
 from kloop.adapters.kube import Kube
 from kloop.adapters.observe import Caches, Snapshot, observe
-from kloop.adapters.store import Store, newer
+from kloop.adapters.store import Store
 from kloop.api import GROUP, VERSION
 from kloop.core import names
 from kloop.core.decide import decide
@@ -91,7 +91,9 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     shards.identify(memo.kube, shard)
     # the egress guard comes from main's flags (--allow-egress-cidr); strict when run otherwise
     memo.caches = Caches(
-        egress=getattr(memo, "egress", None) or EgressGuard(), wake=_wake, store=Store()
+        egress=getattr(memo, "egress", None) or EgressGuard(),
+        wake=_wake,
+        store=Store(on_run_change=loops.wake_for_run),
     )
     # drift in a target is measured as its agent ServiceAccount: a Loop learns no more there
     memo.caches.target_client = memo.caches.clusters.agent_client
@@ -207,26 +209,19 @@ async def run_event(
     memory recorded) also wakes the Loop (kloop/loops.py), which keeps its status and history.
     """
     store: Store = memo.caches.store
-    loop_ref = ((spec or {}).get("loopRef") or {}).get("name")
     driver = _drivers.get(uid)
     if type == "DELETED":
-        store.forget_run(namespace or "", name)
-        if loop_ref:
-            loops.wake(namespace or "", loop_ref)
+        store.forget_run(namespace or "", name)  # wakes its Loop (see configure)
         if driver is not None:
             driver.task.cancel()
         memo.caches.forget(uid)
         RUNS.forget(uid)  # its series end at the next scrape
         return
     body = event.get("object") if isinstance(event, dict) else None
-    before = store.runs.get((namespace or "", name))
-    known = body is not None and before is not None and not newer(body, before)
-    if body is not None and not known:
-        store.put_run(body)
-        if loop_ref and loops.run_changed_for_loop(before, body):
-            loops.wake(namespace or "", loop_ref)
+    # not newer: the run's own status write coming back as an event, nothing new in it
+    fresh = body is None or store.put_run(body)
     if driver is not None and not driver.task.done():
-        if not known:  # the run's own status write comes back as an event: nothing new in it
+        if fresh:
             driver.wake.set()
         return
     task = asyncio.create_task(

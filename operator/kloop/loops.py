@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from kloop.adapters import events
 from kloop.adapters.kube import Json, Kube, is_status
 from kloop.adapters.launch import get_loop, launch
-from kloop.adapters.store import Store, newer
+from kloop.adapters.store import Store
 from kloop.api import GROUP, VERSION
 from kloop.api.conditions import Reason
 from kloop.api.loop import LoopSpec
@@ -64,6 +64,20 @@ def wake(namespace: str, name: str) -> None:
     driver = _loops.get(_by_name.get((namespace, name), ""))
     if driver is not None:
         driver.wake.set()
+
+
+def wake_for_run(before: Json | None, after: Json | None) -> None:
+    """Wake a run's Loop when a stored run changed in a way the Loop reads.
+
+    Called by the store for a watch event and for the answer to kloop's own write alike (the
+    write's own event then brings nothing newer and wakes nobody).
+    """
+    run = after or before
+    if run is None or not run_changed_for_loop(before, after):
+        return
+    loop = ((run.get("spec") or {}).get("loopRef") or {}).get("name")
+    if loop:
+        wake(run["metadata"].get("namespace") or "", loop)
 
 
 def run_changed_for_loop(before: Json | None, after: Json | None) -> bool:
@@ -200,11 +214,9 @@ async def loop_event(
             driver.task.cancel()
         return
     body = event.get("object") if isinstance(event, dict) else None
-    known = body is not None and not newer(body, store.loops.get((namespace or "", name)))
-    if body is not None and not known:
-        store.put_loop(body)
+    fresh = body is None or store.put_loop(body)
     if driver is not None and not driver.task.done():
-        if not known:  # its own status patch comes back as an event: nothing new in it
+        if fresh:  # not newer: its own status patch coming back as an event
             driver.wake.set()
         return
     task = asyncio.create_task(

@@ -116,3 +116,13 @@ def test_a_verdict_recorded_does_not_wake_the_loop_but_a_new_phase_does() -> Non
 def test_a_new_or_deleted_run_wakes_the_loop() -> None:
     assert run_changed_for_loop(None, run(phase="Running"))
     assert run_changed_for_loop(run(phase="Running"), None)
+
+
+def test_the_loop_hears_of_a_runs_change_once_whoever_stored_it_first() -> None:
+    heard: list[tuple[Any, Any]] = []
+    store = Store(on_run_change=lambda before, after: heard.append((before, after)))
+    written = obj("r1", "7", status={"phase": "Succeeded"})
+    assert store.put_run(written)  # the answer to kloop's own status write
+    assert not store.put_run(obj("r1", "7", status={"phase": "Succeeded"}))  # its watch event
+    store.forget_run("ns", "r1")
+    assert heard == [(None, written), (written, None)]

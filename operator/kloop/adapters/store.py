@@ -20,6 +20,7 @@ answer to a create, replace or patch), so a pass needs no GET or LIST. What make
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kloop.adapters.kube import Json
@@ -65,21 +66,35 @@ class Store:
     pods: dict[Key, Json] = field(default_factory=dict)
     _pods_by_run: dict[Key, set[str]] = field(default_factory=dict)
     _seeds: dict[Key, _Seed] = field(default_factory=dict)
+    on_run_change: Callable[[Json | None, Json | None], None] | None = None
+    """Called with (before, after) when a stored run changes, whoever stored it (the watch or a
+    write's answer), or with (before, None) when it is forgotten: the Loop controller's wake."""
 
     # --- runs and Loops -------------------------------------------------------------------------
 
-    def put_run(self, run: Json) -> Json | None:
-        """Store a LoopRun if it is newer; the body it replaced (None: new, or not newer)."""
-        return _put(self.runs, run)
+    def put_run(self, run: Json) -> bool:
+        """Store a LoopRun if it is newer; whether it was."""
+        before = self.runs.get(_key(run))
+        if not newer(run, before):
+            return False
+        self.runs[_key(run)] = run
+        if self.on_run_change is not None:
+            self.on_run_change(before, run)
+        return True
 
-    def put_loop(self, loop: Json) -> Json | None:
-        """Store a Loop if it is newer; the body it replaced."""
-        return _put(self.loops, loop)
+    def put_loop(self, loop: Json) -> bool:
+        """Store a Loop if it is newer; whether it was."""
+        if not newer(loop, self.loops.get(_key(loop))):
+            return False
+        self.loops[_key(loop)] = loop
+        return True
 
     def forget_run(self, namespace: str, name: str) -> None:
-        """The run is deleted: drop it, its pods' index and its seed."""
-        self.runs.pop((namespace, name), None)
+        """The run is deleted (or must be read for real): drop it and its seed."""
+        before = self.runs.pop((namespace, name), None)
         self._seeds.pop((namespace, name), None)
+        if before is not None and self.on_run_change is not None:
+            self.on_run_change(before, None)
 
     def forget_loop(self, namespace: str, name: str) -> None:
         """The Loop is deleted."""
@@ -154,12 +169,3 @@ class Store:
 
 def _run_label(pod: Json) -> str:
     return str(((pod.get("metadata") or {}).get("labels") or {}).get(names.LABEL_RUN) or "")
-
-
-def _put(objects: dict[Key, Json], obj: Json) -> Json | None:
-    key = _key(obj)
-    stored = objects.get(key)
-    if not newer(obj, stored):
-        return None
-    objects[key] = obj
-    return stored
