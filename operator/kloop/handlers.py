@@ -146,7 +146,8 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str, uid: str)
             RECONCILE.observe(time.monotonic() - started)
             if not applied:
                 log.info("status conflict, observing again", extra=ctx)
-                caches.store.forget_run(namespace, name)  # read it for real, and its pods
+                caches.store.mark_stale(namespace, name)  # read it for real next time
+                caches.store.unseed(namespace, name)  # and its pods
                 continue
         except asyncio.CancelledError:
             raise
@@ -185,6 +186,7 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str, uid: str)
             caches.cancel_queries(uid)  # no verdict is needed any more, even while tearing down
         if decision.done:
             caches.forget(uid)
+            caches.store.forget_pods(namespace, name)
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(driver.wake.wait(), timeout=decision.requeue_after)

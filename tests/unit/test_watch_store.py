@@ -60,6 +60,7 @@ def test_a_pod_created_after_the_runs_list_is_stored() -> None:
 
 def test_seeding_replaces_what_was_known_of_the_runs_pods() -> None:
     store = Store()
+    store.seed_pods("ns", "r1", listed("5"))
     store.put_pod(pod("ghost", "10"))
     store.seed_pods("ns", "r1", listed("60", pod("real", "55")))
     assert [p["metadata"]["name"] for p in store.pods_of("ns", "r1")] == ["real"]
@@ -75,6 +76,8 @@ def test_a_deleted_pod_leaves_the_runs_index() -> None:
 
 def test_pods_are_indexed_by_their_run_label_in_their_namespace() -> None:
     store = Store()
+    store.seed_pods("ns", "r1", listed("0"))
+    store.seed_pods("ns", "r2", listed("0"))
     store.put_pod(pod("a", "1", run="r1"))
     store.put_pod(pod("b", "2", run="r2"))
     assert [p["metadata"]["name"] for p in store.pods_of("ns", "r2")] == ["b"]
@@ -126,3 +129,33 @@ def test_the_loop_hears_of_a_runs_change_once_whoever_stored_it_first() -> None:
     assert not store.put_run(obj("r1", "7", status={"phase": "Succeeded"}))  # its watch event
     store.forget_run("ns", "r1")
     assert heard == [(None, written), (written, None)]
+
+
+def test_pods_of_runs_no_task_drives_are_not_kept() -> None:
+    store = Store()
+    store.put_pod(pod("other-shards-or-finished", "3"))
+    assert store.pods == {}
+    store.seed_pods("ns", "r1", listed("5", pod("p", "4")))
+    store.forget_pods("ns", "r1")
+    store.put_pod(pod("p", "9"))
+    assert store.pods_of("ns", "r1") == []
+
+
+def test_stored_pods_carry_no_managed_fields() -> None:
+    store = Store()
+    store.seed_pods("ns", "r1", listed("5"))
+    body = pod("p", "6")
+    body["metadata"]["managedFields"] = [{"manager": "kubelet"}]
+    store.put_pod(body)
+    assert "managedFields" not in store.pods_of("ns", "r1")[0]["metadata"]
+    assert body["metadata"]["managedFields"], "the event's own body is left as it was"
+
+
+def test_a_run_marked_stale_is_read_for_real_but_stays_listed_for_its_loop() -> None:
+    store = Store()
+    store.put_run(obj("r1", "4", spec={"loopRef": {"name": "l"}}))
+    store.mark_stale("ns", "r1")
+    assert store.run("ns", "r1") is None
+    assert [r["metadata"]["name"] for r in store.runs_of("ns", "l")] == ["r1"]
+    store.put_run(obj("r1", "5", spec={"loopRef": {"name": "l"}}))
+    assert store.run("ns", "r1") is not None

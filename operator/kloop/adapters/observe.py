@@ -267,7 +267,7 @@ async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snap
     real only when the store cannot answer; memory is read only when it can matter.
     """
     store = caches.store
-    run = store.runs.get((namespace, name))
+    run = store.run(namespace, name)
     if run is None:  # not seen on the watch yet, or after a conflict: read it for real
         try:
             run = await kube.call(
@@ -283,6 +283,7 @@ async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snap
                 return None
             raise
         store.put_run(run)
+        store.unmark_stale(namespace, name)
     uid = run["metadata"]["uid"]
     spec = LoopRunSpec.model_validate(run["spec"])
     status = LoopRunStatus.model_validate(run.get("status") or {})

@@ -66,6 +66,7 @@ class Store:
     pods: dict[Key, Json] = field(default_factory=dict)
     _pods_by_run: dict[Key, set[str]] = field(default_factory=dict)
     _seeds: dict[Key, _Seed] = field(default_factory=dict)
+    _stale: set[Key] = field(default_factory=set)
     on_run_change: Callable[[Json | None, Json | None], None] | None = None
     """Called with (before, after) when a stored run changes, whoever stored it (the watch or a
     write's answer), or with (before, None) when it is forgotten: the Loop controller's wake."""
@@ -78,6 +79,7 @@ class Store:
         if not newer(run, before):
             return False
         self.runs[_key(run)] = run
+        self._stale.discard(_key(run))
         if self.on_run_change is not None:
             self.on_run_change(before, run)
         return True
@@ -90,11 +92,29 @@ class Store:
         return True
 
     def forget_run(self, namespace: str, name: str) -> None:
-        """The run is deleted (or must be read for real): drop it and its seed."""
+        """The run is deleted (or must be read for real): drop it, its pods and its seed."""
         before = self.runs.pop((namespace, name), None)
-        self._seeds.pop((namespace, name), None)
+        self._stale.discard((namespace, name))
+        self.forget_pods(namespace, name)
         if before is not None and self.on_run_change is not None:
             self.on_run_change(before, None)
+
+    def run(self, namespace: str, name: str) -> Json | None:
+        """The stored run; None when unknown or marked stale (then read it for real)."""
+        if (namespace, name) in self._stale:
+            return None
+        return self.runs.get((namespace, name))
+
+    def mark_stale(self, namespace: str, name: str) -> None:
+        """A write found the stored run out of date (a conflict): the next read goes to the API.
+
+        The run stays stored for its Loop meanwhile (it exists; only its version is old).
+        """
+        self._stale.add((namespace, name))
+
+    def unmark_stale(self, namespace: str, name: str) -> None:
+        """The run was just read for real."""
+        self._stale.discard((namespace, name))
 
     def forget_loop(self, namespace: str, name: str) -> None:
         """The Loop is deleted."""
@@ -112,13 +132,21 @@ class Store:
     # --- pods -----------------------------------------------------------------------------------
 
     def put_pod(self, pod: Json) -> None:
-        """Store a pod from the watch or a write, unless a newer copy or the run's seed says no."""
+        """Store a pod of a run being driven, unless a newer copy or the run's seed says no.
+
+        Pods of runs no task drives (finished, or another replica's) are not kept: a run's first
+        pass lists its pods anyway. ``managedFields`` are dropped (nothing reads them on a pod;
+        they are a third of its size).
+        """
         key = _key(pod)
+        seed = self._seeds.get((key[0], _run_label(pod)))
+        if seed is None:
+            return
+        pod = _slim(pod)
         stored = self.pods.get(key)
         if stored is None:
-            seed = self._seeds.get((key[0], _run_label(pod)))
             version = resource_version(pod)
-            if seed is not None and None not in (seed.version, version):
+            if None not in (seed.version, version):
                 assert seed.version is not None and version is not None
                 if version <= seed.version:
                     return  # older than the run's list, which did not hold it: deleted since
@@ -149,13 +177,20 @@ class Store:
             self.pods.pop((namespace, name), None)
         self._pods_by_run.pop((namespace, run), None)
         self._seeds[(namespace, run)] = _Seed(resource_version(listed), time.monotonic())
-        for pod in listed.get("items") or []:
-            pod.setdefault("metadata", {}).setdefault("namespace", namespace)
+        for item in listed.get("items") or []:
+            item.setdefault("metadata", {}).setdefault("namespace", namespace)
+            pod = _slim(item)
             self.pods[_key(pod)] = pod
             self._pods_by_run.setdefault((namespace, run), set()).add(pod["metadata"]["name"])
 
     def unseed(self, namespace: str, run: str) -> None:
         """Make the next pass list the run's pods for real (after a conflict or an error)."""
+        self._seeds.pop((namespace, run), None)
+
+    def forget_pods(self, namespace: str, run: str) -> None:
+        """No task drives the run any more: drop its pods and stop storing their events."""
+        for name in self._pods_by_run.pop((namespace, run), set()):
+            self.pods.pop((namespace, name), None)
         self._seeds.pop((namespace, run), None)
 
     def pods_of(self, namespace: str, run: str) -> list[Json]:
@@ -165,6 +200,14 @@ class Store:
             for name in sorted(self._pods_by_run.get((namespace, run), ()))
             if (namespace, name) in self.pods
         ]
+
+
+def _slim(pod: Json) -> Json:
+    """The pod without ``metadata.managedFields`` (a shallow copy when it had them)."""
+    meta = pod.get("metadata") or {}
+    if "managedFields" not in meta:
+        return pod
+    return {**pod, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
 
 
 def _run_label(pod: Json) -> str:
