@@ -158,11 +158,10 @@ async def _loop_and_runs(
 ) -> tuple[Json | None, list[Json]]:
     """The Loop and its runs from the watch store; the Loop is read for real only if not there."""
     loop = store.loops.get((namespace, name))
-    if loop is None:
+    if loop is None:  # its task starts on its watch event, so this is rare: read it for real
         loop = await get_loop(kube, namespace, name)  # only its 404 ends the task
         if loop is None:
             return None, []
-        store.put_loop(loop)
     return loop, store.runs_of(namespace, name)
 
 

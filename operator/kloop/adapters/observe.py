@@ -189,7 +189,8 @@ async def _loop(
     kube: Kube, store: Store, namespace: str, name: str
 ) -> tuple[ObservedLoop, Json | None]:
     raw = store.loops.get((namespace, name))
-    if raw is None:  # not seen on the watch (yet): read it for real
+    if raw is None:  # not seen on the watch (yet, or another shard's): read it for real
+        # not stored: only the watch keeps a stored Loop current
         try:
             raw = await kube.call(
                 kube.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, "loops", name
@@ -198,7 +199,6 @@ async def _loop(
             if is_status(err, 404):
                 return ObservedLoop(name, None, f"Loop {name!r} not found in {namespace}"), None
             raise
-        store.put_loop(raw)
     try:
         spec = _loop_spec(raw)
     except ValidationError as err:
