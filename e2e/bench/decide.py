@@ -20,11 +20,11 @@ from tests.unit.builders import (
 from e2e.bench.stats import HEADER, row
 from kloop.api.loop import LoopSpec
 from kloop.core.decide import decide
-from kloop.core.history import STATUS_ITERATIONS_MAX as MAX_ITERATION_RECORDS
 from kloop.core.model import ObservedRun
 
 DECIDE_REPEATS = 7  # timeit batches per case; each batch runs >= 0.2 s (timeit.autorange)
 WIDE_CHECKERS = 8
+MAX_ITERATION_RECORDS = 50  # the most spec.statusIterations allows (kloop/api/loop.py)
 
 
 def fresh_run() -> ObservedRun:

@@ -8,6 +8,7 @@ returned is the step's start: the operator cannot see the pod end any earlier.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -125,9 +126,7 @@ class FakeKubelet:
                 self.succeeded[namespace, name] = time.monotonic()
         except client.ApiException as err:
             reason = f"{err.status}"
-            try:
+            with contextlib.suppress(ValueError):
                 reason += " " + json.loads(err.body or "{}").get("message", "")[:120]
-            except ValueError:
-                pass
             with self._lock:
                 self.errors[reason] += 1

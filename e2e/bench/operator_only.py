@@ -55,13 +55,13 @@ class CaseResult:
         return self.finished * ITERATIONS_PER_RUN
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _scrape(url: str) -> str:
+def scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as resp:  # loopback only
         return str(resp.read().decode())
 
@@ -126,7 +126,7 @@ class Bench:
             )
         timeline = PodTimeline(self.api, namespace, "kloop.dev/run").start()
         watch = RunWatch(self.api, namespace).start()
-        port = _free_port()
+        port = free_port()
         operator = OperatorProcess(
             self.kubeconfig,
             self.logs / f"operator-{runs}.log",
@@ -140,7 +140,7 @@ class Bench:
             pid = operator.proc.pid
             time.sleep(IDLE_SECONDS)
             cpu0 = cpu_seconds(pid)
-            client0 = kloop_requests(_scrape(metrics_url))
+            client0 = kloop_requests(scrape(metrics_url))
             server0 = apiserver_requests(_apiserver_metrics(self.admin))
             bench0 = Counter(self.tally)
             began = time.monotonic()
@@ -164,7 +164,7 @@ class Bench:
             time.sleep(1.0)  # let the last status writes land before the counters are read
             cpu = cpu_seconds(pid) - cpu0
             mem = memory(pid)
-            client_delta = delta(kloop_requests(_scrape(metrics_url)), client0)
+            client_delta = delta(kloop_requests(scrape(metrics_url)), client0)
             server_delta = delta(apiserver_requests(_apiserver_metrics(self.admin)), server0)
             bench_delta = delta(Counter(self.tally), bench0)
         finally:

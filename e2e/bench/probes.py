@@ -39,7 +39,9 @@ def kloop_probes(
             out.checker_to_next.append(gap.seconds)
             run = runs.get(gap.before.labels.get(RUN_LABEL, ""))
             end = terminated(gap.before)
-            decided = run.decided.get(int(gap.before.labels.get(ITERATION_LABEL, "0"))) if run else None
+            decided = (
+                run.decided.get(int(gap.before.labels.get(ITERATION_LABEL, "0"))) if run else None
+            )
             if decided is not None and end is not None:
                 out.checker_to_verdict.append(decided - end)
     first: dict[str, float] = {}

@@ -10,7 +10,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds_of(stat: str) -> float:
-    """utime + stime from a /proc/<pid>/stat line (fields 14 and 15), in seconds."""
+    """Utime + stime from a /proc/<pid>/stat line (fields 14 and 15), in seconds."""
     fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
     return (int(fields[11]) + int(fields[12])) / TICKS
 

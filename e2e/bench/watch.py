@@ -34,7 +34,7 @@ def counted_client(kubeconfig: str, tally: Counter[tuple[str, str]]) -> client.A
         tally[request_kind(method, url)] += 1
         return send(method, url, *args, **kwargs)
 
-    api.call_api = counted  # type: ignore[method-assign]
+    api.call_api = counted
     return api
 
 

@@ -106,8 +106,8 @@ def count_requests(api: client.ApiClient) -> client.ApiClient:
         API_REQUESTS.labels(*request_kind(method, url)).inc()
         return send(method, url, *args, **kwargs)
 
-    api.call_api = counted  # type: ignore[method-assign]
-    api._kloop_counted = True  # type: ignore[attr-defined]
+    api.call_api = counted
+    api._kloop_counted = True
     return api
 
 
