@@ -2,6 +2,12 @@
 
 Times are local ``time.monotonic()`` at the moment the watch delivered the event: Kubernetes
 timestamps have one-second resolution, far coarser than the overheads measured.
+
+Another controller's pods are measured the same way, e.g. an Argo workflow's steps::
+
+    timeline = PodTimeline(api, namespace, "workflows.argoproj.io/workflow").start()
+    ...  # run the workflows
+    gaps = step_gaps(timeline.snapshot(), lambda p: p.labels["workflows.argoproj.io/workflow"])
 """
 
 from __future__ import annotations
