@@ -93,8 +93,11 @@ def scaling_rows(cases: Sequence[CaseResult]) -> list[str]:
         times = c.probes.run_seconds
         spread = f"{statistics.median(times):.1f} / {max(times):.1f}" if times else "—"
         per_it = f"{c.cpu_seconds / c.iterations:.3f}" if c.iterations else "—"
+        done = f"{c.wall_seconds:.1f}"
+        if c.finished < c.runs:
+            done = f"not all in {c.wall_seconds:.0f}"
         lines.append(
-            f"| {c.runs} | {c.finished} | {c.wall_seconds:.1f} | {spread} | {per_it} | "
+            f"| {c.runs} | {c.finished} | {done} | {spread} | {per_it} | "
             f"{c.memory.rss_mib:.0f} | {c.memory.peak_mib:.0f} |"
         )
     return [*lines, ""]
@@ -124,8 +127,10 @@ def operator_only_section(cases: Sequence[CaseResult]) -> list[str]:
         "### Scaling (operator only)",
         "",
         "CPU = the operator's utime + stime (/proc/PID/stat) from just before the first LoopRun is",
-        f"created to 1 s after the last finished, divided by the iterations ({ITERATIONS_PER_RUN}",
-        "per run; the teardown pod's cost is included). RSS = VmRSS at the end, peak = VmHWM.",
+        "created to 1 s after the last finished (or the case's timeout), divided by the",
+        f"iterations started (maker pods; {ITERATIONS_PER_RUN} per finished run, the teardown",
+        "pod's cost included); requests per iteration below use the same divisor. RSS = VmRSS",
+        "at the end, peak = VmHWM.",
         "'all done' = first LoopRun created → last run finished; a starved run would show as",
         "max ≫ median run time.",
         "",
