@@ -84,7 +84,10 @@ install: $(STAMP) ## Images, then the chart with Helm into the local cluster; wa
 uninstall: $(STAMP) ## Remove the release, its CRDs and namespace; fails if anything is left
 	$(PY) -m e2e.install uninstall
 
-bench: $(STAMP) ## Benchmarks; results go to docs/BENCHMARKS.md
+bench: $(STAMP) ## Benchmarks, both modes (< 15 min); results go to docs/BENCHMARKS.md
 	$(PY) -m e2e.bench
 
-.PHONY: help venv lint fmt crds admission dashboard image wheels install uninstall test test-unit cluster-up cluster-down cluster-status demo demo-fleet bench
+bench-scale: $(STAMP) ## 1,000 concurrent LoopRuns, operator only (< 20 min); docs/BENCHMARKS-scale.md
+	KLOOP_BENCH_TARGET=bench-scale $(PY) -m e2e.bench --scale
+
+.PHONY: help venv lint fmt crds admission dashboard image wheels install uninstall test test-unit cluster-up cluster-down cluster-status demo demo-fleet bench bench-scale

@@ -49,6 +49,11 @@ NOTIFICATIONS = Counter(
     "Notification deliveries, by notify target, event and result (delivered, failed, refused).",
     ["namespace", "loop", "target", "event", "result"],
 )
+API_REQUESTS = Counter(
+    "kloop_api_requests_total",
+    "Kubernetes API requests made by kloop's client (not kopf's watches), by verb and resource.",
+    ["verb", "resource"],
+)
 PODS_CREATED = Counter("kloop_pods_created_total", "Agent pods created.", ["role"])
 RUN_DURATION = Histogram(
     "kloop_run_duration_seconds",

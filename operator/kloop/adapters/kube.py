@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from functools import partial
+from functools import partial, wraps
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from kloop.adapters.rest import CoreV1, CustomObjects
 from kloop.api import GROUP, VERSION
+from kloop.metrics import API_REQUESTS
 
 Json = dict[str, Any]
 
@@ -21,7 +23,7 @@ class Kube:
     """The few API calls kloop makes, each returning parsed JSON (not generated models)."""
 
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
-        self.api_client = api_client or new_api_client()
+        self.api_client = count_requests(api_client or new_api_client())
         self.core = CoreV1(self.api_client)
         self.custom = CustomObjects(self.api_client)
 
@@ -52,6 +54,62 @@ def new_api_client() -> client.ApiClient:
         return client.ApiClient()
     except config.ConfigException:
         return config.new_client_from_config()
+
+
+def request_kind(method: str, url: str) -> tuple[str, str]:
+    """The apiserver's verb and resource of a REST call, e.g. ("list", "pods").
+
+    Verbs as the apiserver names them (get/list/watch/create/update/patch/delete/
+    deletecollection); the resource is the plural with its subresource ("loopruns/status"), or
+    "" for non-resource paths (/version, /openapi). Bounded: never a name or a namespace.
+    """
+    parts = urlsplit(url)
+    path = [p for p in parts.path.split("/") if p]
+    # /api/v1/... or /apis/GROUP/VERSION/...: skip the prefix, then namespaces/NS when present
+    if path[:1] == ["api"]:
+        rest = path[2:]
+    elif path[:1] == ["apis"]:
+        rest = path[3:]
+    else:
+        return method.lower(), ""
+    if len(rest) >= 2 and rest[0] == "namespaces" and len(rest) != 2:
+        rest = rest[2:]  # namespaces/NS/<resource>...; "namespaces/NS" itself is a namespace
+    resource = rest[0] if rest else ""
+    named = len(rest) >= 2
+    if len(rest) >= 3:
+        resource = f"{resource}/{rest[2]}"
+    query = parse_qs(parts.query)
+    method = method.upper()
+    if method == "GET":
+        if query.get("watch", [""])[0].lower() in ("true", "1"):
+            verb = "watch"
+        else:
+            verb = "get" if named else "list"
+    elif method == "DELETE":
+        verb = "delete" if named else "deletecollection"
+    else:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+    return verb, resource
+
+
+def count_requests(api: client.ApiClient) -> client.ApiClient:
+    """Count every REST call ``api`` makes in ``kloop_api_requests_total`` (once per client).
+
+    Wraps ``call_api``, the one method every generated API call goes through, so no call site
+    can forget it. kopf's own watches use its own HTTP session and are not counted here.
+    """
+    if getattr(api, "_kloop_counted", False):
+        return api
+    send = api.call_api
+
+    @wraps(send)
+    def counted(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        API_REQUESTS.labels(*request_kind(method, url)).inc()
+        return send(method, url, *args, **kwargs)
+
+    api.call_api = counted
+    api._kloop_counted = True
+    return api
 
 
 def is_status(err: BaseException, *codes: int) -> bool:

@@ -1,0 +1,101 @@
+"""``python -m e2e.bench``: run the benchmarks, write docs/BENCHMARKS.md and print it."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from e2e.bench import decide, report
+from e2e.bench.machine import OUTPUT, environment
+from e2e.bench.operator_only import Bench, CaseResult
+from e2e.bench.real_pods import bench_real
+
+CASES = (1, 10, 100)
+QUICK_CASES = (1, 5)
+SCALE_CASE = 1000
+REAL_RUNS = 3
+CASE_TIMEOUT = 300.0  # seconds for one operator-only case to finish all its runs
+SCALE_TIMEOUT = 900.0
+SCALE_OUTPUT = OUTPUT.with_name("BENCHMARKS-scale.md")
+
+
+def _say(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def operator_only(counts: tuple[int, ...], timeout: float, logs: Path) -> list[CaseResult]:
+    bench = Bench(logs)
+    results = []
+    try:
+        for n in counts:
+            _say(f"operator only: {n} concurrent run(s)")
+            result = bench.case(n, timeout)
+            _say(
+                f"  {result.finished}/{n} finished in {result.wall_seconds:.1f}s, "
+                f"CPU {result.cpu_seconds:.2f}s, peak RSS {result.memory.peak_mib:.0f} MiB"
+            )
+            results.append(result)
+    finally:
+        bench.close()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m e2e.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="reduced run for development")
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help=f"only {SCALE_CASE} concurrent runs (operator only) -> {SCALE_OUTPUT.name}",
+    )
+    parser.add_argument("--no-cluster", action="store_true", help="only the decision core")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args(argv)
+    env = environment()
+    logs = Path(tempfile.mkdtemp(prefix="kloop-bench-"))
+    _say(f"operator logs in {logs}")
+    sections: list[list[str]] = []
+    if args.scale:
+        output = args.output or SCALE_OUTPUT
+        cases = operator_only((SCALE_CASE,), SCALE_TIMEOUT, logs)
+        sections.append(report.operator_only_section(cases))
+    else:
+        output = args.output or OUTPUT
+        _say("decision core: timing")
+        gc.collect()
+        sections.append(decide.section(decide.cases()))
+        if args.no_cluster:
+            sections.append(
+                ["## 2. Operator only and real pods", "", "Skipped (`--no-cluster`).", ""]
+            )
+        else:
+            counts = QUICK_CASES if args.quick else CASES
+            sections.append(report.operator_only_section(operator_only(counts, CASE_TIMEOUT, logs)))
+            runs = 1 if args.quick else REAL_RUNS
+            _say(f"real pods: {runs} greeting run(s) on the local cluster")
+            sections.append(report.real_pods_section(bench_real(runs, logs)))
+            sections.append(
+                [
+                    "## 4. 1,000 concurrent runs",
+                    "",
+                    f"`make bench-scale` (operator only) writes [{SCALE_OUTPUT.name}]"
+                    f"({SCALE_OUTPUT.name}).",
+                    "",
+                ]
+            )
+    lines = report.header(env)
+    for section in sections:
+        lines += section
+    text = "\n".join(lines).rstrip() + "\n"
+    output.write_text(text)
+    print(f"\nwrote {output}\n", flush=True)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
