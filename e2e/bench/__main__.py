@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         help=f"only {SCALE_CASE} concurrent runs (operator only) -> {SCALE_OUTPUT.name}",
     )
     parser.add_argument("--no-cluster", action="store_true", help="only the decision core")
+    parser.add_argument(
+        "--cases",
+        default="",
+        help="operator-only concurrency levels to run instead, e.g. 100 or 1,10 (development)",
+    )
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
     env = environment()
@@ -73,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
                 ["## 2. Operator only and real pods", "", "Skipped (`--no-cluster`).", ""]
             )
         else:
-            counts = QUICK_CASES if args.quick else CASES
+            counts: tuple[int, ...] = QUICK_CASES if args.quick else CASES
+            if args.cases:
+                counts = tuple(int(c) for c in args.cases.split(","))
             sections.append(report.operator_only_section(operator_only(counts, CASE_TIMEOUT, logs)))
             runs = 1 if args.quick else REAL_RUNS
             _say(f"real pods: {runs} greeting run(s) on the local cluster")

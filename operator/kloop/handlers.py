@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -34,6 +35,8 @@ from kloop.metrics import RECONCILE, RUNS, error_reason, record_reconcile_error
 log = logging.getLogger("kloop.handlers")
 
 ERROR_BACKOFF_MAX = 60.0
+API_THREADS = 32
+"""Threads for API calls (and HTTP connections to the apiserver): calls in flight at once."""
 
 
 @dataclass
@@ -87,6 +90,11 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     shard = shards.configure(settings, memo)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # every API call runs in a thread (the client is synchronous): the default pool has
+    # cpu + 4 threads, which queued calls at 100 concurrent runs; the HTTP pool matches it
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="kloop-api")
+    )
     memo.kube = Kube()
     shards.identify(memo.kube, shard)
     # the egress guard comes from main's flags (--allow-egress-cidr); strict when run otherwise

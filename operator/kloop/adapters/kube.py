@@ -17,6 +17,8 @@ from kloop.api import GROUP, VERSION
 from kloop.metrics import API_REQUESTS
 
 Json = dict[str, Any]
+HTTP_CONNECTIONS = 32
+"""Kept-alive connections to the apiserver: as many as API calls in flight (handlers.py)."""
 
 
 class Kube:
@@ -49,11 +51,13 @@ class Kube:
 
 def new_api_client() -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG)."""
+    configuration = client.Configuration()
     try:
-        config.load_incluster_config()
-        return client.ApiClient()
+        config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
-        return config.new_client_from_config()
+        config.load_kube_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = HTTP_CONNECTIONS
+    return client.ApiClient(configuration)
 
 
 def request_kind(method: str, url: str) -> tuple[str, str]:
