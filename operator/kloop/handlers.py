@@ -22,7 +22,7 @@ import kopf
 
 from kloop import loops, shards
 from kloop.adapters import errors
-from kloop.adapters.apply import PermanentWriteError, apply
+from kloop.adapters.apply import Gone, PermanentWriteError, apply
 from kloop.adapters.egress import EgressGuard
 from kloop.adapters.kube import Kube
 from kloop.adapters.observe import Caches, Snapshot, observe
@@ -148,6 +148,7 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str, uid: str)
             snap = await observe(kube, namespace, name, caches)
             if snap is None or snap.observed.uid != uid:
                 RUNS.forget(uid)
+                caches.forget(uid)
                 return  # deleted (a re-created run of the same name has its own task)
             decision = decide(snap.observed)
             applied = await apply(kube, snap, decision, caches)
@@ -159,6 +160,12 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str, uid: str)
                 continue
         except asyncio.CancelledError:
             raise
+        except Gone:
+            log.info("run deleted meanwhile", extra=ctx)
+            caches.store.forget_run(namespace, name, uid)
+            caches.forget(uid)
+            RUNS.forget(uid)
+            return
         except PermanentWriteError as err:
             RECONCILE.observe(time.monotonic() - started)
             record_reconcile_error("permanent", err.reason.value)
@@ -221,7 +228,7 @@ async def run_event(
     store: Store = memo.caches.store
     driver = _drivers.get(uid)
     if type == "DELETED":
-        store.forget_run(namespace or "", name)  # wakes its Loop (see configure)
+        store.forget_run(namespace or "", name, uid)  # wakes its Loop (see configure)
         if driver is not None:
             driver.task.cancel()
         memo.caches.forget(uid)
@@ -234,6 +241,8 @@ async def run_event(
         if fresh:
             driver.wake.set()
         return
+    if not fresh:
+        return  # a finished run's own last write coming back: it had its pass
     task = asyncio.create_task(
         drive(memo.kube, memo.caches, namespace or "", name, uid), name=f"run {namespace}/{name}"
     )

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +28,7 @@ from pydantic import ValidationError
 from kloop.adapters import events
 from kloop.adapters.kube import Json, Kube, is_status
 from kloop.adapters.launch import get_loop, launch
-from kloop.adapters.store import Store
+from kloop.adapters.store import RESEED_SECONDS, Store
 from kloop.api import GROUP, VERSION
 from kloop.api.conditions import Reason
 from kloop.api.loop import LoopSpec
@@ -154,14 +155,20 @@ async def apply_loop(kube: Kube, store: Store, loop: Json, decision: LoopDecisio
 
 
 async def _loop_and_runs(
-    store: Store, kube: Kube, namespace: str, name: str
+    store: Store, kube: Kube, namespace: str, name: str, read_for_real: bool
 ) -> tuple[Json | None, list[Json]]:
-    """The Loop and its runs from the watch store; the Loop is read for real only if not there."""
-    loop = store.loops.get((namespace, name))
-    if loop is None:  # its task starts on its watch event, so this is rare: read it for real
+    """The Loop and its runs from the watch store.
+
+    The Loop is read for real when it is not there, or when asked (every ``RESEED_SECONDS``: a
+    watch gap can hide a deletion).
+    """
+    loop = None if read_for_real else store.loops.get((namespace, name))
+    if loop is None:
         loop = await get_loop(kube, namespace, name)  # only its 404 ends the task
         if loop is None:
+            store.forget_loop(namespace, name)
             return None, []
+        store.put_loop(loop)
     return loop, store.runs_of(namespace, name)
 
 
@@ -169,22 +176,30 @@ async def drive_loop(kube: Kube, store: Store, namespace: str, name: str, uid: s
     """Pass after pass for one Loop until it is gone; API errors back off and retry."""
     ctx = {"loop": name, "namespace": namespace}
     failures = 0
+    checked = time.monotonic()
     while True:
         driver = _loops[uid]
         driver.wake.clear()
         requeue: float | None = None
         try:
-            loop, runs = await _loop_and_runs(store, kube, namespace, name)
+            recheck = time.monotonic() - checked >= RESEED_SECONDS
+            loop, runs = await _loop_and_runs(store, kube, namespace, name, recheck)
+            if recheck:
+                checked = time.monotonic()
             if loop is None or loop["metadata"]["uid"] != uid:
                 return  # deleted (or re-created: the new Loop has its own task)
             decision = decide_loop(observe_loop(loop, runs, datetime.now(UTC)))
             await apply_loop(kube, store, loop, decision)
-            requeue = decision.requeue_after
+            after = decision.requeue_after
+            requeue = RESEED_SECONDS if after is None else min(after, RESEED_SECONDS)
             failures = 0
             log.debug(decision.why or "loop reconciled", extra=ctx)
         except asyncio.CancelledError:
             raise
         except Exception as err:  # noqa: BLE001 - a Loop must survive API hiccups
+            if is_status(err, 404):  # its status patch: deleted while a watch gap hid it
+                store.forget_loop(namespace, name, uid)
+                return
             failures += 1
             requeue = min(ERROR_BACKOFF_MAX, 2.0**failures)
             log.warning("loop pass failed, retrying in %.0fs: %s", requeue, err, extra=ctx)
@@ -208,7 +223,7 @@ async def loop_event(
     store: Store = memo.caches.store
     driver = _loops.get(uid)
     if type == "DELETED":
-        store.forget_loop(namespace or "", name)
+        store.forget_loop(namespace or "", name, uid)
         if driver is not None:
             driver.task.cancel()
         return

@@ -159,3 +159,42 @@ def test_a_run_marked_stale_is_read_for_real_but_stays_listed_for_its_loop() -> 
     assert [r["metadata"]["name"] for r in store.runs_of("ns", "l")] == ["r1"]
     store.put_run(obj("r1", "5", spec={"loopRef": {"name": "l"}}))
     assert store.run("ns", "r1") is not None
+
+
+def test_a_late_deleted_of_an_earlier_pod_keeps_the_new_pod_of_that_name() -> None:
+    store = Store()
+    store.seed_pods("ns", "r1", listed("5"))
+    new = pod("p", "20")
+    new["metadata"]["uid"] = "new"
+    store.put_pod(new)
+    old = pod("p", "12")
+    old["metadata"]["uid"] = "old"
+    store.delete_pod(old)
+    assert [p["metadata"]["uid"] for p in store.pods_of("ns", "r1")] == ["new"]
+
+
+def test_a_pod_event_during_the_runs_first_list_is_kept_over_the_lists_older_copy() -> None:
+    store = Store()
+    store.begin_seed("ns", "r1")
+    store.put_pod(pod("p", "105", run="r1") | {"status": {"phase": "Succeeded"}})
+    store.seed_pods("ns", "r1", listed("100", pod("p", "100") | {"status": {"phase": "Running"}}))
+    assert store.pods_of("ns", "r1")[0]["status"] == {"phase": "Succeeded"}
+    assert not store.needs_seed("ns", "r1")
+
+
+def test_a_relist_keeps_a_pod_created_after_it_and_drops_one_deleted_before_it() -> None:
+    store = Store()
+    store.seed_pods("ns", "r1", listed("10", pod("gone", "8")))
+    store.unseed("ns", "r1")
+    store.put_pod(pod("created-after", "31"))
+    store.seed_pods("ns", "r1", listed("30"))
+    assert [p["metadata"]["name"] for p in store.pods_of("ns", "r1")] == ["created-after"]
+
+
+def test_a_late_deleted_of_an_earlier_run_keeps_the_new_run_of_that_name() -> None:
+    store = Store()
+    new = obj("r1", "9")
+    new["metadata"]["uid"] = "new"
+    store.put_run(new)
+    store.forget_run("ns", "r1", uid="old")
+    assert store.run("ns", "r1") is new

@@ -58,6 +58,10 @@ class Conflict(Exception):
     """Someone changed the LoopRun since we read it: observe again."""
 
 
+class Gone(Exception):
+    """The LoopRun no longer exists (deleted while its task still had it, e.g. in a watch gap)."""
+
+
 class PermanentWriteError(Exception):
     """The apiserver refused one of the run's own writes for good (a 4xx but 409/429)."""
 
@@ -104,6 +108,8 @@ async def write_status(kube: Kube, snap: Snapshot, decision: Decision) -> None:
     except Exception as err:
         if is_status(err, 409):
             raise Conflict(str(err)) from err
+        if is_status(err, 404):
+            raise Gone(str(err)) from err
         if is_permanent(err):
             raise _refused(Reason.STATUS_REJECTED, "the run's status", err) from err
         raise
@@ -440,6 +446,8 @@ async def _append_memory(kube: Kube, snap: Snapshot, decision: Decision) -> None
         return
     try:
         await _write_memory(kube, snap, entries)
+    except memory.NotOurs as err:  # replaced mid-run by a ConfigMap that is not this Loop's
+        raise PermanentWriteError(Reason.MEMORY_CONFLICT, str(err)) from err
     except Exception as err:
         if is_permanent(err):
             raise _refused(Reason.MEMORY_REJECTED, "the memory ConfigMap", err) from err

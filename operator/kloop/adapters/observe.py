@@ -267,8 +267,11 @@ async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snap
     real only when the store cannot answer; memory is read only when it can matter.
     """
     store = caches.store
-    run = store.run(namespace, name)
-    if run is None:  # not seen on the watch yet, or after a conflict: read it for real
+    reseed = store.needs_seed(namespace, name)
+    # read for real: unknown, stale after a conflict, or a periodic reseed (a watch gap can hide
+    # a deletion; the first pass needs no second opinion, the run just came from the watch)
+    run = None if reseed and store.seeded_once(namespace, name) else store.run(namespace, name)
+    if run is None:
         try:
             run = await kube.call(
                 kube.custom.get_namespaced_custom_object,
@@ -280,6 +283,7 @@ async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snap
             )
         except Exception as err:
             if is_status(err, 404):
+                store.forget_run(namespace, name)
                 return None
             raise
         store.put_run(run)
@@ -288,7 +292,8 @@ async def observe(kube: Kube, namespace: str, name: str, caches: Caches) -> Snap
     spec = LoopRunSpec.model_validate(run["spec"])
     status = LoopRunStatus.model_validate(run.get("status") or {})
     loop, raw_loop = await _loop(kube, store, namespace, spec.loop_ref.name)
-    if store.needs_seed(namespace, name):  # first pass, or a while since: list them for real
+    if reseed:  # first pass, after an error, or a while since: list them for real
+        store.begin_seed(namespace, name)
         listed = await kube.call(
             kube.core.list_namespaced_pod, namespace, label_selector=f"{names.LABEL_RUN}={name}"
         )

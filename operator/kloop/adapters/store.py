@@ -54,7 +54,10 @@ def _key(obj: Json) -> Key:
 @dataclass
 class _Seed:
     version: int | None
+    """The resourceVersion of the run's last LIST (None: the first LIST is in flight)."""
     at: float
+    due: bool = False
+    """List again on the next pass (after a conflict or an error); events are still stored."""
 
 
 @dataclass
@@ -91,8 +94,11 @@ class Store:
         self.loops[_key(loop)] = loop
         return True
 
-    def forget_run(self, namespace: str, name: str) -> None:
-        """The run is deleted (or must be read for real): drop it, its pods and its seed."""
+    def forget_run(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """The run is deleted: drop it, its pods and its seed (only that uid's, if given)."""
+        stored = self.runs.get((namespace, name))
+        if uid is not None and stored is not None and _uid(stored) != uid:
+            return  # a late DELETED of an earlier run under the same name
         before = self.runs.pop((namespace, name), None)
         self._stale.discard((namespace, name))
         self.forget_pods(namespace, name)
@@ -116,8 +122,11 @@ class Store:
         """The run was just read for real."""
         self._stale.discard((namespace, name))
 
-    def forget_loop(self, namespace: str, name: str) -> None:
-        """The Loop is deleted."""
+    def forget_loop(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """The Loop is deleted (only that uid's, if given)."""
+        stored = self.loops.get((namespace, name))
+        if uid is not None and stored is not None and _uid(stored) != uid:
+            return
         self.loops.pop((namespace, name), None)
 
     def runs_of(self, namespace: str, loop: str) -> list[Json]:
@@ -156,9 +165,12 @@ class Store:
         self._pods_by_run.setdefault((key[0], _run_label(pod)), set()).add(key[1])
 
     def delete_pod(self, pod: Json) -> None:
-        """The pod is gone."""
+        """The pod is gone (unless the stored pod of that name is a newer one: another uid)."""
         key = _key(pod)
-        stored = self.pods.pop(key, None)
+        stored = self.pods.get(key)
+        if stored is not None and _uid(stored) != _uid(pod):
+            return  # a late DELETED of an earlier pod under the same name
+        self.pods.pop(key, None)
         run = (key[0], _run_label(stored or pod))
         names_ = self._pods_by_run.get(run)
         if names_ is not None:
@@ -169,23 +181,55 @@ class Store:
     def needs_seed(self, namespace: str, run: str, now: float | None = None) -> bool:
         """Whether the run's pods must be listed for real before the store can answer."""
         seed = self._seeds.get((namespace, run))
-        return seed is None or (now or time.monotonic()) - seed.at >= RESEED_SECONDS
+        if seed is None or seed.due or seed.version is None:
+            return True
+        return (now or time.monotonic()) - seed.at >= RESEED_SECONDS
+
+    def seeded_once(self, namespace: str, run: str) -> bool:
+        """Whether a LIST of the run's pods has already answered (this is not its first pass)."""
+        seed = self._seeds.get((namespace, run))
+        return seed is not None and seed.version is not None
+
+    def begin_seed(self, namespace: str, run: str) -> None:
+        """A LIST of the run's pods is about to be sent: store their events from now on.
+
+        Without this, an event that arrives while the LIST is in flight (a pod finishing) would
+        be dropped, and the LIST's older copy would be all the run knows until the next one.
+        """
+        self._seeds.setdefault((namespace, run), _Seed(None, time.monotonic(), due=True))
 
     def seed_pods(self, namespace: str, run: str, listed: Json) -> None:
-        """Replace what is known of a run's pods by a LIST's answer (``items`` + its version)."""
-        for name in list(self._pods_by_run.get((namespace, run), ())):
-            self.pods.pop((namespace, name), None)
-        self._pods_by_run.pop((namespace, run), None)
-        self._seeds[(namespace, run)] = _Seed(resource_version(listed), time.monotonic())
+        """Merge a LIST's answer (``items`` + its version) into what is known of a run's pods.
+
+        A listed pod replaces an older stored copy; a stored pod the list does not hold is
+        dropped if it is not newer than the list (deleted before it), kept if it is (created
+        after it, seen on the watch while the list was in flight).
+        """
+        version = resource_version(listed)
+        index = self._pods_by_run.setdefault((namespace, run), set())
+        listed_names = set()
         for item in listed.get("items") or []:
             item.setdefault("metadata", {}).setdefault("namespace", namespace)
             pod = _slim(item)
-            self.pods[_key(pod)] = pod
-            self._pods_by_run.setdefault((namespace, run), set()).add(pod["metadata"]["name"])
+            key = _key(pod)
+            listed_names.add(key[1])
+            if newer(pod, self.pods.get(key)):
+                self.pods[key] = pod
+            index.add(key[1])
+        for name in list(index - listed_names):
+            stored_version = resource_version(self.pods.get((namespace, name)) or {})
+            if version is None or stored_version is None or stored_version <= version:
+                self.pods.pop((namespace, name), None)
+                index.discard(name)
+        if not index:
+            del self._pods_by_run[(namespace, run)]
+        self._seeds[(namespace, run)] = _Seed(version, time.monotonic())
 
     def unseed(self, namespace: str, run: str) -> None:
         """Make the next pass list the run's pods for real (after a conflict or an error)."""
-        self._seeds.pop((namespace, run), None)
+        seed = self._seeds.get((namespace, run))
+        if seed is not None:
+            seed.due = True
 
     def forget_pods(self, namespace: str, run: str) -> None:
         """No task drives the run any more: drop its pods and stop storing their events."""
@@ -200,6 +244,10 @@ class Store:
             for name in sorted(self._pods_by_run.get((namespace, run), ()))
             if (namespace, name) in self.pods
         ]
+
+
+def _uid(obj: Json) -> str | None:
+    return (obj.get("metadata") or {}).get("uid")
 
 
 def _slim(pod: Json) -> Json:

@@ -654,7 +654,10 @@ def _teardown_feedback(s: LoopRunStatus) -> str:
 def _memory_step(p: Pass) -> None:
     if p.obs.memory_conflict is not None:
         return  # never write into a ConfigMap that is not this Loop's memory
-    if p.obs.write_rejected is not None and p.obs.write_rejected[0] == Reason.MEMORY_REJECTED:
+    if p.obs.write_rejected is not None and p.obs.write_rejected[0] in (
+        Reason.MEMORY_REJECTED,
+        Reason.MEMORY_CONFLICT,
+    ):
         return  # the apiserver refuses it for good: the run fails instead of retrying forever
     # what the ConfigMap says is recorded becomes a fact on the run (covers a crash between the
     # append and the I/O layer's status patch)
