@@ -10,14 +10,17 @@ import time
 from pathlib import Path
 
 from e2e.bench import decide, report
+from e2e.bench.argo_side import bench_argo
 from e2e.bench.machine import OUTPUT, environment
 from e2e.bench.operator_only import Bench, CaseResult
-from e2e.bench.real_pods import bench_real
+from e2e.bench.real_pods import bench_real, cluster_kubeconfig
 
 CASES = (1, 10, 100)
 QUICK_CASES = (1, 5)
 SCALE_CASE = 1000
 REAL_RUNS = 3
+ARGO_REQUEUES: tuple[float | None, ...] = (None, 1.0)
+"""Argo's default requeue (10 s) and the 1 s floor its source names."""
 CASE_TIMEOUT = 300.0  # seconds for one operator-only case to finish all its runs
 SCALE_TIMEOUT = 900.0
 SCALE_OUTPUT = OUTPUT.with_name("BENCHMARKS-scale.md")
@@ -54,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-cluster", action="store_true", help="only the decision core")
     parser.add_argument(
+        "--no-argo", action="store_true", help="skip the Argo Workflows reference (real pods)"
+    )
+    parser.add_argument(
         "--cases",
         default="",
         help="operator-only concurrency levels to run instead, e.g. 100 or 1,10 (development)",
@@ -84,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(report.operator_only_section(operator_only(counts, CASE_TIMEOUT, logs)))
             runs = 1 if args.quick else REAL_RUNS
             _say(f"real pods: {runs} greeting run(s) on the local cluster")
-            sections.append(report.real_pods_section(bench_real(runs, logs)))
+            real = bench_real(runs, logs)
+            sections.append(report.real_pods_section(real))
             sections.append(
                 [
                     "## 4. 1,000 concurrent runs",
@@ -94,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
                     "",
                 ]
             )
+            if not args.no_argo:
+                argos = []
+                for requeue in ARGO_REQUEUES:
+                    _say(f"Argo Workflows (requeue {requeue or 'default'}): {runs} workflow(s)")
+                    argos.append(bench_argo(cluster_kubeconfig(), runs, requeue, logs))
+                sections.append(report.argo_section(real, argos))
     lines = report.header(env)
     for section in sections:
         lines += section

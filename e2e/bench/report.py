@@ -5,11 +5,12 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
+from e2e.bench.argo_side import ArgoResult
 from e2e.bench.operator_only import ITERATIONS_PER_RUN, CaseResult
 from e2e.bench.probes import Probes
 from e2e.bench.promtext import Tally
 from e2e.bench.real_pods import RealResult
-from e2e.bench.stats import HEADER, row
+from e2e.bench.stats import HEADER, Stats, row
 
 # requests the apiserver makes to itself (its loopback client), never kloop's
 APISERVER_OWN = {"leases", "endpoints", "endpointslices", "limitranges", "resourcequotas"}
@@ -187,3 +188,113 @@ def real_pods_section(r: RealResult) -> list[str]:
         "",
         *requests_table([("real pods", r.client, None, iterations)]),
     ]
+
+
+def _median(samples: Sequence[float]) -> float | None:
+    return Stats.of(samples).median if samples else None
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def _ratio(kloop: float | None, argo: float | None) -> str:
+    return "—" if kloop is None or not argo else f"{kloop / argo:.2f}"
+
+
+def argo_section(k: RealResult, argos: Sequence[ArgoResult]) -> list[str]:
+    """Kloop (real pods) and Argo Workflows side by side: medians, and kloop / Argo ratios."""
+    iterations = k.finished * ITERATIONS_PER_RUN
+    kloop_steps = [*k.probes.maker_to_checker, *k.probes.checker_to_next]
+    kloop_phase = [*k.probes_phase.maker_to_checker, *k.probes_phase.checker_to_next]
+
+    def reqs(tally: Tally, its: int) -> float | None:
+        return sum(v for (verb, _), v in tally.items() if verb != "watch") / its if its else None
+
+    rows: list[tuple[str, str, float | None, list[float | None]]] = [
+        (
+            "create → done incl. teardown, median (s)",
+            ".1f",
+            _median(k.probes.run_seconds),
+            [_median(a.run_seconds) for a in argos],
+        ),
+        (
+            "step: first container seen terminated → next pod created, median (ms)",
+            ".0f",
+            _ms(_median(kloop_steps)),
+            [_ms(_median(a.steps)) for a in argos],
+        ),
+        (
+            "step: phase seen final → next pod created, median (ms)",
+            ".0f",
+            _ms(_median(kloop_phase)),
+            [_ms(_median(a.steps_phase)) for a in argos],
+        ),
+        (
+            "apply → first pod, median (ms)",
+            ".0f",
+            _ms(_median(k.probes.apply_to_first_pod)),
+            [_ms(_median(a.apply_to_first_pod)) for a in argos],
+        ),
+        (
+            "controller CPU per iteration (s)",
+            ".3f",
+            k.cpu_seconds / iterations if iterations else None,
+            [a.cpu_seconds / a.iterations if a.iterations else None for a in argos],
+        ),
+        (
+            "controller CPU per run (s)",
+            ".2f",
+            k.cpu_seconds / k.finished if k.finished else None,
+            [a.cpu_seconds / a.finished if a.finished else None for a in argos],
+        ),
+        (
+            "controller peak RSS (MiB)",
+            ".0f",
+            k.memory.peak_mib,
+            [a.memory.peak_mib if a.memory else None for a in argos],
+        ),
+        (
+            "API requests per iteration (controller's own count, watches excluded)",
+            ".1f",
+            reqs(k.client, iterations),
+            [reqs(a.requests, a.iterations) for a in argos],
+        ),
+    ]
+    head = ["metric", "kloop", *(a.label for a in argos), *(f"kloop / {a.label}" for a in argos)]
+    lines = [
+        "## 5. Side by side with Argo Workflows (real pods)",
+        "",
+        "The reference: Argo Workflows v4.0.5 (`e2e/argo`, workflow-controller and argoexec built",
+        "from the Go module proxy, a host process on the same cluster) runs the same greeting",
+        "workload as a recursive steps workflow with an exit handler, one workflow after the",
+        "other, measured by the same pod watch (`PodTimeline`) and the same /proc sampling as",
+        "kloop's real-pods section above. Argo's request count is its own",
+        "`argo_workflows_k8s_request_total`. Only in real-pods mode: Argo's executor reports",
+        "results from a `wait` sidecar through WorkflowTaskResults, which the operator-only",
+        "driver does not play.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---|" + "---:|" * (len(head) - 1),
+    ]
+    for label, fmt, kv, avs in rows:
+        cells = [_cell(kv, fmt), *(_cell(a, fmt) for a in avs), *(_ratio(kv, a) for a in avs)]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Pods / containers per run: kloop 7 / 7 (one container each); "
+        + "; ".join(
+            f"{a.label} {a.pods / a.runs:.0f} / {a.containers / a.runs:.0f}"
+            for a in argos
+            if a.runs
+        )
+        + f" (init + wait + main). kloop runs finished: {k.finished}/{k.runs}; "
+        + "; ".join(f"{a.label}: {a.finished}/{a.runs}" for a in argos)
+        + ".",
+        "",
+    ]
+    return lines
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
