@@ -36,17 +36,20 @@ class OperatorProcess:
         namespaces: list[str],
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        launcher: list[str] | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.namespaces = namespaces
         self.extra_args = extra_args or []
         self.env = env or {}
+        self.launcher = launcher or [sys.executable, "-m", "kloop.main"]
+        """The command before the operator's own arguments (e.g. under a profiler)."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         """Start the operator; returns once kopf has logged in to the cluster."""
-        args = [sys.executable, "-m", "kloop.main"]
+        args = list(self.launcher)
         for ns in self.namespaces:
             args += ["-n", ns]
         args += self.extra_args

@@ -117,7 +117,13 @@ class Bench:
             delete(namespace, grace_period_seconds=0, _preload_content=False)
         core.delete_namespace(namespace, _preload_content=False)
 
-    def case(self, runs: int, timeout: float) -> CaseResult:
+    def case(
+        self,
+        runs: int,
+        timeout: float,
+        launcher: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> CaseResult:
         """``runs`` greeting LoopRuns (one Loop each) created at once; wait for all."""
         namespace = f"{self.prefix}-{runs}"
         self._namespace(namespace)
@@ -136,6 +142,8 @@ class Bench:
             self.logs / f"operator-{runs}.log",
             [namespace],
             ["--metrics-port", str(port)],
+            env=env,
+            launcher=launcher,
         )
         operator.start()
         metrics_url = f"http://127.0.0.1:{port}/metrics"

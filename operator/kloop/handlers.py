@@ -188,7 +188,11 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str, uid: str)
             await asyncio.sleep(delay)
             continue
         retries = _Retries()
-        log.info(
+        changed = bool(decision.actions) or decision.status.phase != snap.observed.status.phase
+        # a pass that changes nothing (a pod event, a resync) is DEBUG: at INFO, one log line per
+        # pass was a measurable share of the operator's CPU
+        log.log(
+            logging.INFO if changed else logging.DEBUG,
             decision.why or "reconciled",
             extra={
                 **ctx,
