@@ -13,6 +13,8 @@ from e2e.bench import decide, report
 from e2e.bench.argo_side import bench_argo
 from e2e.bench.machine import OUTPUT, environment
 from e2e.bench.operator_only import Bench, CaseResult
+from e2e.bench.profile import PROFILE_RUNS, ProfileSummary, profile_case
+from e2e.bench.profile import section as profile_section
 from e2e.bench.real_pods import bench_real, cluster_kubeconfig
 
 CASES = (1, 10, 100)
@@ -30,9 +32,12 @@ def _say(text: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-def operator_only(counts: tuple[int, ...], timeout: float, logs: Path) -> list[CaseResult]:
+def operator_only(
+    counts: tuple[int, ...], timeout: float, logs: Path, profile: bool = False
+) -> tuple[list[CaseResult], ProfileSummary | None]:
     bench = Bench(logs)
     results = []
+    summary = None
     try:
         for n in counts:
             _say(f"operator only: {n} concurrent run(s)")
@@ -42,9 +47,29 @@ def operator_only(counts: tuple[int, ...], timeout: float, logs: Path) -> list[C
                 f"CPU {result.cpu_seconds:.2f}s, peak RSS {result.memory.peak_mib:.0f} MiB"
             )
             results.append(result)
+        if profile:
+            _say(f"operator only: profile, {PROFILE_RUNS} concurrent runs under pyinstrument")
+            summary = profile_case(bench, PROFILE_RUNS, logs / "operator.pyisession", "after")
     finally:
         bench.close()
-    return results
+    return results, summary
+
+
+def _profile_section(after: ProfileSummary | None) -> list[str]:
+    """The profile of the code under test beside the one recorded before the optimisations."""
+    before = Path(__file__).resolve().parents[2] / "docs" / "bench-profile-before.md"
+    lines = ["## 6. Profiles: before and after", ""]
+    if before.exists():
+        lines += [
+            f"Before: recorded once from commit c00b32d ([{before.name}]({before.name}), "
+            "`python -m e2e.bench.profile --operator-path <that checkout>/operator`).",
+            "",
+            *before.read_text().splitlines(),
+            "",
+        ]
+    if after is not None:
+        lines += ["After: this commit.", "", *profile_section([after], PROFILE_RUNS)]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[list[str]] = []
     if args.scale:
         output = args.output or SCALE_OUTPUT
-        cases = operator_only((SCALE_CASE,), SCALE_TIMEOUT, logs)
+        cases, _ = operator_only((SCALE_CASE,), SCALE_TIMEOUT, logs)
         sections.append(report.operator_only_section(cases))
     else:
         output = args.output or OUTPUT
@@ -87,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             counts: tuple[int, ...] = QUICK_CASES if args.quick else CASES
             if args.cases:
                 counts = tuple(int(c) for c in args.cases.split(","))
-            sections.append(report.operator_only_section(operator_only(counts, CASE_TIMEOUT, logs)))
+            cases, profiled = operator_only(counts, CASE_TIMEOUT, logs, profile=not args.quick)
+            sections.append(report.operator_only_section(cases))
             runs = 1 if args.quick else REAL_RUNS
             _say(f"real pods: {runs} greeting run(s) on the local cluster")
             real = bench_real(runs, logs)
@@ -107,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                     _say(f"Argo Workflows (requeue {requeue or 'default'}): {runs} workflow(s)")
                     argos.append(bench_argo(cluster_kubeconfig(), runs, requeue, logs))
                 sections.append(report.argo_section(real, argos))
+            sections.append(_profile_section(profiled))
     lines = report.header(env)
     for section in sections:
         lines += section

@@ -43,7 +43,8 @@ GROUPS: tuple[tuple[str, str], ...] = (
     ("/logging/", "logging"),
     ("/copy.py", "copy (deepcopy)"),
 )
-IDLE = ("selectors.py", "select", "epoll", "[await]", "[self]")
+IDLE = ("selectors.py", "select", "epoll")
+"""The event loop waiting for I/O: not busy."""
 
 
 @dataclass
@@ -85,8 +86,8 @@ def summarize(session_path: Path, label: str) -> ProfileSummary:
             group = _group(path)
         for child in frame.children:
             walk(child, group)
-        own = frame.self_time
-        if own <= 0 or any(i in path or i in name for i in IDLE):
+        own = frame.total_self_time  # its synthetic [self] children: time in this very frame
+        if own <= 0 or name.startswith("[") or any(i in path or i in name for i in IDLE):
             return
         by_group[group] += own
         short = path.split("site-packages/")[-1].split("/operator/")[-1]
