@@ -87,6 +87,7 @@ class Bench:
         register_node(self.api)
         self.kubelet = FakeKubelet(self.api).start()
         self.prefix = f"bench-{uuid.uuid4().hex[:5]}"
+        self.cases = 0
 
     def close(self) -> None:
         """Stop the driver and the bench apiserver (its objects stay in etcd, under its prefix)."""
@@ -125,7 +126,8 @@ class Bench:
         env: dict[str, str] | None = None,
     ) -> CaseResult:
         """``runs`` greeting LoopRuns (one Loop each) created at once; wait for all."""
-        namespace = f"{self.prefix}-{runs}"
+        self.cases += 1  # a fresh name each case: no namespace controller finishes a deletion here
+        namespace = f"{self.prefix}-{self.cases}-{runs}"
         self._namespace(namespace)
         custom = client.CustomObjectsApi(self.api)
         for i in range(runs):
