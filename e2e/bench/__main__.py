@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = Path(tempfile.mkdtemp(prefix="kloop-bench-"))
     _say(f"operator logs in {logs}")
     sections: list[list[str]] = []
+    targets: list[str] | None = None
     if args.scale:
         output = args.output or SCALE_OUTPUT
         cases, _ = operator_only((SCALE_CASE,), SCALE_TIMEOUT, logs)
@@ -114,10 +115,12 @@ def main(argv: list[str] | None = None) -> int:
                 counts = tuple(int(c) for c in args.cases.split(","))
             cases, profiled = operator_only(counts, CASE_TIMEOUT, logs, profile=not args.quick)
             sections.append(report.operator_only_section(cases))
+            targets_cases = cases
             runs = 1 if args.quick else REAL_RUNS
             _say(f"real pods: {runs} greeting run(s) on the local cluster")
             real = bench_real(runs, logs)
             sections.append(report.real_pods_section(real))
+            targets = report.targets_section(targets_cases, real)
             sections.append(
                 [
                     "## 4. 1,000 concurrent runs",
@@ -134,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                     argos.append(bench_argo(cluster_kubeconfig(), runs, requeue, logs))
                 sections.append(report.argo_section(real, argos))
             sections.append(_profile_section(profiled))
+    if targets is not None:
+        sections.insert(0, targets)
     lines = report.header(env)
     for section in sections:
         lines += section

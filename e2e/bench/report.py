@@ -298,3 +298,96 @@ def argo_section(k: RealResult, argos: Sequence[ArgoResult]) -> list[str]:
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1e3
+
+
+def _p99(samples: Sequence[float]) -> float | None:
+    return Stats.of(samples).p99 if samples else None
+
+
+def _verdict(ok: bool | None) -> str:
+    return "—" if ok is None else ("met" if ok else "**not met**")
+
+
+def targets_section(cases: Sequence[CaseResult], real: RealResult | None) -> list[str]:
+    """Issue 19's targets against this run's figures: met, or where and why not."""
+    lines = [
+        "## 0. Targets (issue 19) at this commit",
+        "",
+        "| target | mode / case | measured | |",
+        "|---|---|---:|---|",
+    ]
+
+    def add(target: str, case: str, value: float | None, fmt: str, ok: bool | None) -> None:
+        lines.append(f"| {target} | {case} | {_cell(value, fmt)} | {_verdict(ok)} |")
+
+    for c in cases:
+        where = f"operator only, {c.runs} concurrent"
+        steps = [*c.probes.maker_to_checker, *c.probes.checker_to_next]
+        step = _ms(_p99(steps))
+        first = _ms(_p99(c.probes.apply_to_first_pod))
+        reads = sum(v for (verb, _), v in c.client.items() if verb in ("get", "list"))
+        writes = sum(v for (verb, _), v in c.client.items() if verb not in ("get", "list", "watch"))
+        its = c.iterations or 1
+        add(
+            "overhead per step, p99 < 50 ms",
+            where,
+            step,
+            ".0f",
+            None if step is None else step < 50,
+        )
+        add(
+            "apply → first pod, p99 < 200 ms",
+            where,
+            first,
+            ".0f",
+            None if first is None else first < 200,
+        )
+        add("≤ 5 API reads per iteration", where, reads / its, ".1f", reads / its <= 5)
+        add("≤ 5 API writes per iteration", where, writes / its, ".1f", writes / its <= 5)
+        cpu = c.cpu_seconds / its
+        add(
+            "CPU per iteration ≤ 0.12 s (Argo's, measured in the issue)",
+            where,
+            cpu,
+            ".3f",
+            cpu <= 0.12,
+        )
+        if c.runs == 1:
+            add(
+                "RSS < 100 MiB for one run (peak)",
+                where,
+                c.memory.peak_mib,
+                ".0f",
+                c.memory.peak_mib < 100,
+            )
+    if real is not None:
+        phase = [*real.probes_phase.maker_to_checker, *real.probes_phase.checker_to_next]
+        worst = _ms(_p99(phase))
+        add(
+            "real pods: within 50 ms of the kubelet's status per step (phase seen → next pod, p99)",
+            "real pods, sequential",
+            worst,
+            ".0f",
+            None if worst is None else worst < 50,
+        )
+    lines += [
+        "",
+        "Where a target is not met, and why:",
+        "",
+        "- **Writes per iteration.** What remains is the work itself and the audit trail: two",
+        "  pods and their two input ConfigMaps, one memory ConfigMap update, about 4.7 Events",
+        "  (one per decision: `kubectl describe` is the run's story) and about 5 status writes.",
+        "  Two of those status writes only record the uid of a pod just created: the trust",
+        "  design (docs/runs.md) records each pod before creating it and its uid once seen, so",
+        "  that after a restart a pod swapped under kloop's deterministic name is refused. They",
+        "  are kept on purpose; dropping them (and the Events) would meet the target and weaken",
+        "  both.",
+        "- **Overhead per step at 10 and 100 concurrent runs.** One operator, the bench",
+        "  apiserver, its etcd and the bench's own fake kubelet share 2 cores: the step latency",
+        "  there is queueing behind the other runs' work (each pass still makes its writes one",
+        "  after the other). At one run, the step itself takes about 20 ms.",
+        "- **1,000 concurrent runs**: see [BENCHMARKS-scale.md](BENCHMARKS-scale.md) (RSS,",
+        "  starved runs, time for all to finish).",
+        "",
+    ]
+    return lines

@@ -174,3 +174,22 @@ def test_teardown_succeeds_without_a_message_and_running_is_not_terminated() -> 
     pod["status"] = running_status(pod, "t0")["status"]
     seen = observe_pod(pod)
     assert (seen.phase, seen.exit_code, seen.message) == ("Running", None, None)
+
+
+def test_the_targets_table_says_which_targets_a_case_misses() -> None:
+    from collections import Counter
+
+    from e2e.bench.operator_only import CaseResult
+    from e2e.bench.probes import Probes
+    from e2e.bench.procstat import Memory
+    from e2e.bench.report import targets_section
+
+    writes = Counter({("create", "pods"): 7, ("create", "events"): 14, ("update", "x"): 27})
+    case = CaseResult(
+        1, 1, 0.6, Probes([0.02], [0.01], [0.03], [0.3], [0.5]), 0.17, Memory(76, 77), writes,
+        Counter(), 3,
+    )  # fmt: skip
+    rows = {line.split(" | ")[0]: line for line in targets_section([case], None) if "|" in line}
+    assert rows["| ≤ 5 API writes per iteration"].endswith("| 16.0 | **not met** |")
+    assert rows["| overhead per step, p99 < 50 ms"].endswith("| 30 | met |")
+    assert rows["| apply → first pod, p99 < 200 ms"].endswith("| 300 | **not met** |")
