@@ -87,8 +87,8 @@ def bench_real(runs: int, logs: Path) -> RealResult:
             cpu0, client0 = cpu_seconds(operator.proc.pid), kloop_requests(scrape(url))
             for i in range(runs):
                 name = f"bench-{i}"
+                watch.created(name, time.monotonic())  # before the call, as for Argo
                 start_run(api, namespace, "greeting", name)
-                watch.created(name, time.monotonic())
                 deadline = time.monotonic() + RUN_TIMEOUT
                 while time.monotonic() < deadline:
                     with watch.lock:

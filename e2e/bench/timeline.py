@@ -26,7 +26,7 @@ Json = dict[str, Any]
 
 @dataclass
 class PodTimes:
-    """When the watch first saw a pod, its first container terminated, and its phase final."""
+    """When the watch first saw a pod, its main container terminated, and its phase final."""
 
     namespace: str
     name: str
@@ -49,12 +49,24 @@ def record(times: PodTimes, pod: Json, now: float) -> None:
     status = pod.get("status") or {}
     if times.finished is None and status.get("phase") in ("Succeeded", "Failed"):
         times.finished = now
-    containers = (pod.get("spec") or {}).get("containers") or []
-    if times.main_terminated is None and containers:
-        first = containers[0].get("name")
+    main = main_container(pod)
+    if times.main_terminated is None and main:
         for c in status.get("containerStatuses") or []:
-            if c.get("name") == first and (c.get("state") or {}).get("terminated"):
+            if c.get("name") == main and (c.get("state") or {}).get("terminated"):
                 times.main_terminated = now
+
+
+def main_container(pod: Json) -> str | None:
+    """The container doing the step's work: the ``default-container`` annotation, else the first.
+
+    Argo puts its ``wait`` sidecar first and names ``main`` in that annotation.
+    """
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    named = annotations.get("kubectl.kubernetes.io/default-container")
+    if named:
+        return str(named)
+    containers = (pod.get("spec") or {}).get("containers") or []
+    return str(containers[0].get("name")) if containers else None
 
 
 class PodTimeline:

@@ -115,9 +115,13 @@ def test_parallel_pods_give_no_step_gap() -> None:
 
 
 def test_timeline_keeps_first_sightings_of_termination_and_phase() -> None:
-    pod: dict[str, Any] = {
-        "metadata": {"name": "p", "namespace": "ns"},
-        "spec": {"containers": [{"name": "main"}, {"name": "wait"}]},
+    pod: dict[str, Any] = {  # as Argo makes them: its wait sidecar first, main named
+        "metadata": {
+            "name": "p",
+            "namespace": "ns",
+            "annotations": {"kubectl.kubernetes.io/default-container": "main"},
+        },
+        "spec": {"containers": [{"name": "wait"}, {"name": "main"}]},
         "status": {
             "phase": "Running",
             "containerStatuses": [
@@ -193,3 +197,19 @@ def test_the_targets_table_says_which_targets_a_case_misses() -> None:
     assert rows["| ≤ 5 API writes per iteration"].endswith("| 16.0 | **not met** |")
     assert rows["| overhead per step, p99 < 50 ms"].endswith("| 30 | met |")
     assert rows["| apply → first pod, p99 < 200 ms"].endswith("| 300 | **not met** |")
+
+
+def test_the_first_container_is_the_main_one_without_a_default_container_annotation() -> None:
+    pod: dict[str, Any] = {
+        "metadata": {"name": "p", "namespace": "ns"},
+        "spec": {"containers": [{"name": "agent"}, {"name": "push"}]},
+        "status": {
+            "containerStatuses": [
+                {"name": "push", "state": {"terminated": {"exitCode": 0}}},
+                {"name": "agent", "state": {"running": {}}},
+            ]
+        },
+    }
+    t = PodTimes("ns", "p")
+    record(t, pod, 1.0)
+    assert t.main_terminated is None

@@ -198,3 +198,11 @@ def test_a_late_deleted_of_an_earlier_run_keeps_the_new_run_of_that_name() -> No
     store.put_run(new)
     store.forget_run("ns", "r1", uid="old")
     assert store.run("ns", "r1") is new
+
+
+def test_a_forgotten_run_leaves_its_loops_runs() -> None:
+    store = Store()
+    store.put_run(obj("a", "1", spec={"loopRef": {"name": "greeting"}}))
+    store.put_run(obj("b", "2", spec={"loopRef": {"name": "greeting"}}))
+    store.forget_run("ns", "a")
+    assert [r["metadata"]["name"] for r in store.runs_of("ns", "greeting")] == ["b"]

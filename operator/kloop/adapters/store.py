@@ -70,6 +70,7 @@ class Store:
     _pods_by_run: dict[Key, set[str]] = field(default_factory=dict)
     _seeds: dict[Key, _Seed] = field(default_factory=dict)
     _stale: set[Key] = field(default_factory=set)
+    _runs_by_loop: dict[Key, set[str]] = field(default_factory=dict)
     on_run_change: Callable[[Json | None, Json | None], None] | None = None
     """Called with (before, after) when a stored run changes, whoever stored it (the watch or a
     write's answer), or with (before, None) when it is forgotten: the Loop controller's wake."""
@@ -83,6 +84,9 @@ class Store:
             return False
         self.runs[_key(run)] = run
         self._stale.discard(_key(run))
+        if before is not None and _loop_ref(before) != _loop_ref(run):
+            self._unindex(before)
+        self._runs_by_loop.setdefault((_key(run)[0], _loop_ref(run)), set()).add(_key(run)[1])
         if self.on_run_change is not None:
             self.on_run_change(before, run)
         return True
@@ -101,6 +105,8 @@ class Store:
             return  # a late DELETED of an earlier run under the same name
         before = self.runs.pop((namespace, name), None)
         self._stale.discard((namespace, name))
+        if before is not None:
+            self._unindex(before)
         self.forget_pods(namespace, name)
         if before is not None and self.on_run_change is not None:
             self.on_run_change(before, None)
@@ -130,13 +136,17 @@ class Store:
         self.loops.pop((namespace, name), None)
 
     def runs_of(self, namespace: str, loop: str) -> list[Json]:
-        """The stored runs of one Loop (their ``spec.loopRef.name``)."""
-        return [
-            run
-            for (ns, _), run in self.runs.items()
-            if ns == namespace
-            and ((run.get("spec") or {}).get("loopRef") or {}).get("name") == loop
-        ]
+        """The stored runs of one Loop (their ``spec.loopRef.name``), from an index."""
+        names_ = sorted(self._runs_by_loop.get((namespace, loop), ()))
+        return [self.runs[(namespace, n)] for n in names_ if (namespace, n) in self.runs]
+
+    def _unindex(self, run: Json) -> None:
+        key = (_key(run)[0], _loop_ref(run))
+        names_ = self._runs_by_loop.get(key)
+        if names_ is not None:
+            names_.discard(_key(run)[1])
+            if not names_:
+                del self._runs_by_loop[key]
 
     # --- pods -----------------------------------------------------------------------------------
 
@@ -244,6 +254,10 @@ class Store:
             for name in sorted(self._pods_by_run.get((namespace, run), ()))
             if (namespace, name) in self.pods
         ]
+
+
+def _loop_ref(run: Json) -> str:
+    return str(((run.get("spec") or {}).get("loopRef") or {}).get("name") or "")
 
 
 def _uid(obj: Json) -> str | None:
