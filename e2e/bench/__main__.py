@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.scale:
         output = args.output or SCALE_OUTPUT
         cases, _ = operator_only((SCALE_CASE,), SCALE_TIMEOUT, logs)
+        targets = report.targets_section(cases, None)
         sections.append(report.operator_only_section(cases))
     else:
         output = args.output or OUTPUT
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                     _say(f"Argo Workflows (requeue {requeue or 'default'}): {runs} workflow(s)")
                     argos.append(bench_argo(cluster_kubeconfig(), runs, requeue, logs))
                 sections.append(report.argo_section(real, argos))
+                targets = report.targets_section(targets_cases, real, argos)
             sections.append(_profile_section(profiled))
     if targets is not None:
         sections.insert(0, targets)

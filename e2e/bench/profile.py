@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from e2e.bench.operator_only import Bench
+from e2e.bench.operator_only import Bench, CaseResult
 
 PROFILE_RUNS = 10
 PROFILE_TIMEOUT = 300.0
@@ -53,6 +53,7 @@ class ProfileSummary:
     busy_seconds: float
     by_group: Counter[str]
     top: list[tuple[str, float]]  # the busiest functions by self time
+    cost: CaseResult | None = None  # the same case without the profiler: CPU, requests, RSS
 
 
 STARTUP = "start-up (imports)"
@@ -102,7 +103,9 @@ def summarize(session_path: Path, label: str) -> ProfileSummary:
 def profile_case(
     bench: Bench, runs: int, out: Path, label: str, operator_path: Path | None = None
 ) -> ProfileSummary:
-    """One operator-only case with the operator under pyinstrument; its summary."""
+    """The case once as is (its cost), then under pyinstrument (where the time goes)."""
+    env = {"PYTHONPATH": f"{operator_path}:{os.environ.get('PYTHONPATH', '')}"}
+    cost = bench.case(runs, PROFILE_TIMEOUT, env=env if operator_path else None)
     launcher = [
         sys.executable,
         "-m",
@@ -114,9 +117,44 @@ def profile_case(
         "-m",
         "kloop.main",
     ]
-    env = {"PYTHONPATH": f"{operator_path}:{os.environ.get('PYTHONPATH', '')}"}
     bench.case(runs, PROFILE_TIMEOUT, launcher=launcher, env=env if operator_path else None)
-    return summarize(out, label)
+    summary = summarize(out, label)
+    summary.cost = cost
+    return summary
+
+
+def _cost_rows(summaries: Sequence[ProfileSummary]) -> list[str]:
+    def per_iteration(s: ProfileSummary, verbs: tuple[str, ...] | None) -> str:
+        c = s.cost
+        if c is None or not c.iterations:
+            return "—"
+        n = sum(v for (verb, _), v in c.apiserver.items() if verbs is None or verb in verbs)
+        return f"{n / c.iterations:.1f}"
+
+    def cell(s: ProfileSummary, pick: str) -> str:
+        c = s.cost
+        if c is None or not c.iterations:
+            return "—"
+        if pick == "cpu":
+            return f"{c.cpu_seconds / c.iterations:.3f}"
+        if pick == "rss":
+            return f"{c.memory.peak_mib:.0f}"
+        return f"{c.finished}/{c.runs} in {c.wall_seconds:.1f} s"
+
+    return [
+        "| the same case without the profiler | " + " | ".join("" for _ in summaries) + " |",
+        "| runs finished, all done in | " + " | ".join(cell(s, "done") for s in summaries) + " |",
+        "| operator CPU per iteration (s) | "
+        + " | ".join(cell(s, "cpu") for s in summaries)
+        + " |",
+        "| API reads per iteration (at the apiserver) | "
+        + " | ".join(per_iteration(s, ("get", "list")) for s in summaries)
+        + " |",
+        "| API writes per iteration (at the apiserver) | "
+        + " | ".join(per_iteration(s, ("create", "update", "patch", "delete")) for s in summaries)
+        + " |",
+        "| operator peak RSS (MiB) | " + " | ".join(cell(s, "rss") for s in summaries) + " |",
+    ]
 
 
 def section(summaries: Sequence[ProfileSummary], runs: int) -> list[str]:
@@ -147,6 +185,7 @@ def section(summaries: Sequence[ProfileSummary], runs: int) -> list[str]:
         + " | ".join(f"**{s.busy_seconds:.2f}**" for s in summaries)
         + " |"
     )
+    lines += _cost_rows(summaries)
     lines.append("")
     for s in summaries:
         lines += [f"Busiest functions, {s.label} (self time, s):", ""]
