@@ -206,3 +206,14 @@ def test_a_forgotten_run_leaves_its_loops_runs() -> None:
     store.put_run(obj("b", "2", spec={"loopRef": {"name": "greeting"}}))
     store.forget_run("ns", "a")
     assert [r["metadata"]["name"] for r in store.runs_of("ns", "greeting")] == ["b"]
+
+
+def test_a_stored_run_keeps_only_the_managed_fields_that_name_who_set_annotations() -> None:
+    store = Store()
+    run = obj("r1", "3")
+    approval = {"manager": "kubectl-annotate", "fieldsV1": {"f:metadata": {"f:annotations": {}}}}
+    status = {"manager": "kloop-operator", "subresource": "status", "fieldsV1": {"f:status": {}}}
+    run["metadata"]["managedFields"] = [approval, status]
+    store.put_run(run)
+    assert store.runs[("ns", "r1")]["metadata"]["managedFields"] == [approval]
+    assert run["metadata"]["managedFields"] == [approval, status], "the event's body is untouched"

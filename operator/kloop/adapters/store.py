@@ -78,7 +78,12 @@ class Store:
     # --- runs and Loops -------------------------------------------------------------------------
 
     def put_run(self, run: Json) -> bool:
-        """Store a LoopRun if it is newer; whether it was."""
+        """Store a LoopRun if it is newer; whether it was.
+
+        Of its ``managedFields`` only the entries that set annotations are kept (they name who
+        approved, resumed or aborted); the rest mirror the whole status and are never read.
+        """
+        run = _slim(run, keep=_sets_annotations)
         before = self.runs.get(_key(run))
         if not newer(run, before):
             return False
@@ -92,7 +97,8 @@ class Store:
         return True
 
     def put_loop(self, loop: Json) -> bool:
-        """Store a Loop if it is newer; whether it was."""
+        """Store a Loop (without ``managedFields``, never read) if it is newer; whether it was."""
+        loop = _slim(loop)
         if not newer(loop, self.loops.get(_key(loop))):
             return False
         self.loops[_key(loop)] = loop
@@ -264,12 +270,24 @@ def _uid(obj: Json) -> str | None:
     return (obj.get("metadata") or {}).get("uid")
 
 
-def _slim(pod: Json) -> Json:
-    """The pod without ``metadata.managedFields`` (a shallow copy when it had them)."""
-    meta = pod.get("metadata") or {}
-    if "managedFields" not in meta:
-        return pod
-    return {**pod, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+def _sets_annotations(entry: Json) -> bool:
+    return "f:annotations" in ((entry.get("fieldsV1") or {}).get("f:metadata") or {})
+
+
+def _slim(obj: Json, keep: Callable[[Json], bool] | None = None) -> Json:
+    """The object without ``metadata.managedFields`` but the entries ``keep`` selects.
+
+    A shallow copy when there was anything to drop: the caller's dict is left as it was.
+    """
+    meta = obj.get("metadata") or {}
+    managed = meta.get("managedFields")
+    if managed is None:
+        return obj
+    kept = [e for e in managed if keep is not None and keep(e)]
+    slim = {k: v for k, v in meta.items() if k != "managedFields"}
+    if kept:
+        slim["managedFields"] = kept
+    return {**obj, "metadata": slim}
 
 
 def _run_label(pod: Json) -> str:
