@@ -140,6 +140,7 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str, uid: str)
     ctx = {"run": name, "namespace": namespace}
     retries = _Retries()
     snap: Snapshot | None = None
+    first = True
     while True:
         driver = _drivers[uid]
         driver.wake.clear()
@@ -190,9 +191,10 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str, uid: str)
         retries = _Retries()
         changed = bool(decision.actions) or decision.status.phase != snap.observed.status.phase
         # a pass that changes nothing (a pod event, a resync) is DEBUG: at INFO, one log line per
-        # pass was a measurable share of the operator's CPU
+        # pass was a measurable share of the operator's CPU. A task's first pass is always INFO:
+        # after a restart, the log shows every run was looked at again.
         log.log(
-            logging.INFO if changed else logging.DEBUG,
+            logging.INFO if changed or first else logging.DEBUG,
             decision.why or "reconciled",
             extra={
                 **ctx,
@@ -201,6 +203,7 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str, uid: str)
                 "actions": ",".join(type(a).__name__ for a in decision.actions),
             },
         )
+        first = False
         if decision.status.phase is not None and decision.status.phase.finished:
             caches.cancel_queries(uid)  # no verdict is needed any more, even while tearing down
         if decision.done:
