@@ -160,6 +160,13 @@ class CustomObjects:
         path = f"/apis/{_q(group)}/{_q(version)}/namespaces/{_q(namespace)}/{tail}"
         return request(self.api_client, method, path, **kwargs)
 
+    def _merge_patch(
+        self, group: str, version: str, namespace: str, tail: str, body: Any, **kwargs: Any
+    ) -> Any:
+        return self._call(
+            "PATCH", group, version, namespace, tail, body=body, content_type=MERGE_PATCH, **kwargs
+        )
+
     def get_namespaced_custom_object(
         self, group: str, version: str, namespace: str, plural: str, name: str, **kwargs: Any
     ) -> Any:
@@ -197,9 +204,7 @@ class CustomObjects:
     ) -> Any:
         """PATCH an object with a JSON merge patch."""
         tail = f"{_q(plural)}/{_q(name)}"
-        return self._call(
-            "PATCH", group, version, namespace, tail, body=body, content_type=MERGE_PATCH, **kwargs
-        )
+        return self._merge_patch(group, version, namespace, tail, body, **kwargs)
 
     def patch_namespaced_custom_object_status(
         self,
@@ -213,9 +218,7 @@ class CustomObjects:
     ) -> Any:
         """PATCH the status subresource with a JSON merge patch."""
         tail = f"{_q(plural)}/{_q(name)}/status"
-        return self._call(
-            "PATCH", group, version, namespace, tail, body=body, content_type=MERGE_PATCH, **kwargs
-        )
+        return self._merge_patch(group, version, namespace, tail, body, **kwargs)
 
     def replace_namespaced_custom_object_status(
         self,
