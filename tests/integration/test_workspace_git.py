@@ -21,9 +21,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
-from e2e.gitops.git_server import GitServer, git_server
+from e2e.gitops.git_server import GitHttpApp, GitServer, git_server
 
 from kloop.api.gitreport import GitError
 from kloop.cli.workspace import Settings, clone, push
@@ -297,3 +298,30 @@ def test_a_connection_that_hangs_is_given_up_and_tried_again(
         assert proxy.connections >= 2
     finally:
         proxy.close()
+
+
+def test_a_push_that_is_never_answered_says_it_got_as_far_as_the_post(
+    server: tuple[GitServer, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, url = server
+    settings = replace(_settings(url, tmp_path / "ws", "kloop/r/hang-i1"), push_timeout=6)
+    assert clone(settings).error is None
+    (settings.workspace / "work.txt").write_text("done\n")
+    _git(settings.workspace, "add", "work.txt")
+    _git(settings.workspace, "commit", "-qm", "work")
+    answer, release = GitHttpApp.__call__, threading.Event()
+
+    def hold_receive_pack(app: GitHttpApp, environ: dict[str, Any], start: Any) -> Any:
+        if str(environ.get("PATH_INFO", "")).endswith("/git-receive-pack"):
+            release.wait(30)
+        return answer(app, environ, start)
+
+    monkeypatch.setattr(GitHttpApp, "__call__", hold_receive_pack)
+    try:
+        report = push(settings)
+    finally:
+        release.set()
+    assert report.error is GitError.REMOTE_UNAVAILABLE, report.message
+    assert "no answer within" in report.message
+    assert "POST git-receive-pack" in report.message, report.message
+    assert PASSWORD not in report.message

@@ -20,6 +20,7 @@ from kloop.api.results import (
     parse_maker_result,
 )
 from kloop.cli.agent import main
+from kloop.cli.workspace import last_words
 from kloop.core.model import PodRequest, Role
 from kloop.kit.answers import InvalidAnswer, answer_schema, extract_json, to_result
 from kloop.kit.command import parse_output
@@ -461,3 +462,15 @@ def test_run_is_only_for_makers_and_checkers(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("KLOOP_ROLE", "teardown")
     with pytest.raises(SystemExit, match="makers and checkers"):
         main(["run", "--harness", "command", "--", "true"])
+
+
+def test_git_progress_is_summarised_at_each_meters_last_reading() -> None:
+    stderr = (
+        "Pushing to http://h/app.git\nCompressing objects:  50% (1/2)\rCompressing objects: 100% "
+        "(2/2), done.\nWriting objects: 100% (3/3), 262 bytes\nPOST git-receive-pack (499 bytes)\n"
+    )
+    assert last_words(stderr) == (
+        "Pushing to http://h/app.git / Compressing objects: 100% (2/2), done. / "
+        "Writing objects: 100% (3/3), 262 bytes / POST git-receive-pack (499 bytes)"
+    )
+    assert last_words("x" * 500) == "x" * 300

@@ -165,6 +165,19 @@ class GitFailed(Exception):
         self.message = message
 
 
+def last_words(stderr: str, limit: int = 300) -> str:
+    """The end of git's stderr on one line, each progress meter only at its last reading."""
+    lines = [" ".join(line.split()) for line in re.split(r"[\r\n]+", stderr)]
+    kept: list[str] = []
+    for line in filter(None, lines):
+        meter = line.split(":", 1)[0]
+        if kept and ":" in line and kept[-1].split(":", 1)[0] == meter:
+            kept[-1] = line  # "Writing objects: 33%" then "...: 100%": keep the latest
+        else:
+            kept.append(line)
+    return " / ".join(kept)[-limit:]
+
+
 def _verb(args: list[str]) -> str:
     """The git command of an argument list (``-C <dir>`` skipped)."""
     rest = args[2:] if args[:1] == ["-C"] else args
@@ -195,7 +208,7 @@ def _git(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         _, stderr = proc.communicate()
-        said = settings.mask(" ".join(stderr.split())[-300:])
+        said = settings.mask(last_words(stderr))
         where = redact_url(settings.url)
         raise GitFailed(
             GitError.REMOTE_UNAVAILABLE,
@@ -349,7 +362,9 @@ def push(settings: Settings) -> GitReport:
                 lines = [s for s in shallow.read_text().split() if SHA.match(s)]
                 Path(private, "shallow").write_text("".join(f"{s}\n" for s in lines))
             refspec = f"{head}:refs/heads/{settings.branch}"
-            args = ["push", "--porcelain", "--no-verify", settings.url, refspec]
+            # -v and --progress: a push that never finishes says how far it got (connected,
+            # POSTed, or writing objects) in the timeout message
+            args = ["push", "--porcelain", "--no-verify", "-v", "--progress", settings.url, refspec]
             _git_retrying(settings, args, settings.push_timeout, fail, env)
         except GitFailed as err:
             return GitReport(commit=head, error=err.error, message=err.message[:1024])
