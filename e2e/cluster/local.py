@@ -8,6 +8,7 @@ the state directory, so nothing is left behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -117,10 +118,33 @@ def routes_elsewhere(cidr: str, bridge: str) -> list[str]:
     return [dev for dev in devices if dev != bridge]
 
 
+def bridge_mac(bridge: str) -> str:
+    """A fixed, locally administered unicast MAC address for ``bridge`` (derived from its name)."""
+    digest = hashlib.sha256(bridge.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
+def _pin_mac(bridge: str) -> None:
+    """Give the bridge its own MAC address, set explicitly, so that it never changes.
+
+    A Linux bridge with no address set takes the lowest MAC of its ports and recomputes it as
+    veths come and go. When the port it had borrowed from leaves (a pod ends), every other pod
+    still holds the old gateway MAC in its ARP cache and its packets to the host (apiserver, git
+    server) vanish until that entry expires, 15-45 s later: a push that hung three times in a row
+    on CI. An address set by hand (``addr_assign_type`` 3) is one the kernel never replaces.
+    """
+    sysfs = Path("/sys/class/net") / bridge
+    mac = bridge_mac(bridge)
+    assigned = (sysfs / "addr_assign_type").read_text().strip()
+    if assigned != "3" or (sysfs / "address").read_text().strip() != mac:
+        subprocess.run(["ip", "link", "set", bridge, "address", mac], check=True)
+
+
 def ensure_bridge(bridge: str, gateway: str, pod_cidr: str) -> None:
     """The pods' bridge with the node's gateway address on it (created when missing).
 
     Refuses a pod network another interface already routes: the host would answer pods there.
+    The bridge's MAC address is pinned (``_pin_mac``).
     """
     others = routes_elsewhere(pod_cidr, bridge)
     if others:
@@ -131,6 +155,7 @@ def ensure_bridge(bridge: str, gateway: str, pod_cidr: str) -> None:
         )
     if subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0:
         subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    _pin_mac(bridge)
     addrs = subprocess.run(["ip", "-4", "addr", "show", bridge], capture_output=True, text=True)
     prefix = pod_cidr.split("/", 1)[1]
     if f"{gateway}/" not in addrs.stdout:
@@ -536,6 +561,7 @@ def up() -> Path:
     if is_up():
         ensure_debian_packages()
         _import_images(build_images(build.kubernetes_module_dir()))
+        _pin_mac(BRIDGE)  # a cluster started before the pin
         _start_kube_proxy(build.build_kubernetes(), _component_kubeconfigs()["kube-proxy"])
         wait_ready("kubernetes Service routed", _kubernetes_service_routed, 60, "kube-proxy")
         say(f"already up; KUBECONFIG={ADMIN_KUBECONFIG}")

@@ -1,6 +1,6 @@
-"""The harness refuses a pod network another interface already routes (podman's cni-podman0).
+"""The pods' bridge: refused when another interface routes its network, and a MAC that stays.
 
-Two empty bridges on an unused range stand in for cni0 and podman's bridge, so the running
+Empty bridges on an unused range stand in for cni0 and podman's bridge, so the running
 cluster's routes are never touched.
 """
 
@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from e2e.cluster.local import routes_elsewhere
+from e2e.cluster.local import bridge_mac, ensure_bridge, routes_elsewhere
 
 pytestmark = pytest.mark.integration
 
@@ -46,3 +47,25 @@ def test_the_bridge_alone_is_not_a_conflict(two_links: tuple[str, str]) -> None:
     ours, theirs = two_links
     _ip("link", "del", theirs)
     assert routes_elsewhere(CIDR, ours) == []
+
+
+def _mac(link: str) -> str:
+    return Path("/sys/class/net", link, "address").read_text().strip()
+
+
+def test_the_bridge_keeps_its_mac_while_ports_with_lower_macs_come_and_go() -> None:
+    bridge, port = "kloop-t2", "kloop-tp"
+    try:
+        ensure_bridge(bridge, "10.253.0.1", CIDR)
+        assert _mac(bridge) == bridge_mac(bridge)
+        _ip("link", "add", port, "type", "veth", "peer", "name", f"{port}-peer")  # as a pod's
+        _ip("link", "set", port, "address", "02:00:00:00:00:01")  # lower than any bridge_mac
+        _ip("link", "set", port, "master", bridge)
+        assert _mac(bridge) == bridge_mac(bridge), "a joining port must not lend its MAC"
+        _ip("link", "del", port)
+        assert _mac(bridge) == bridge_mac(bridge)
+        ensure_bridge(bridge, "10.253.0.1", CIDR)  # idempotent on an existing bridge
+        assert _mac(bridge) == bridge_mac(bridge)
+    finally:
+        subprocess.run(["ip", "link", "del", port], capture_output=True)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
