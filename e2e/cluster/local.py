@@ -119,7 +119,7 @@ def routes_elsewhere(cidr: str, bridge: str) -> list[str]:
 
 
 def bridge_mac(bridge: str) -> str:
-    """A fixed, locally administered unicast MAC address for ``bridge`` (derived from its name)."""
+    """A locally administered unicast MAC for ``bridge``, from its name (stable across restarts)."""
     digest = hashlib.sha256(bridge.encode()).digest()
     return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
@@ -130,10 +130,16 @@ def _pin_mac(bridge: str) -> None:
     A Linux bridge with no address set takes the lowest MAC of its ports and recomputes it as
     veths come and go. When the port it had borrowed from leaves (a pod ends), every other pod
     still holds the old gateway MAC in its ARP cache and its packets to the host (apiserver, git
-    server) vanish until that entry expires, 15-45 s later: a push that hung three times in a row
-    on CI. An address set by hand (``addr_assign_type`` 3) is one the kernel never replaces.
+    server) vanish until the entry is probed again, up to about a minute later: a push that hung
+    three times in a row on CI. An address set by hand (``addr_assign_type`` 3) is one the kernel
+    never replaces. (The CNI bridge plugin pins it only when it adds the gateway address itself;
+    the harness adds that first.) ``arp_notify`` announces the change once, to pods already
+    running on a bridge pinned late.
     """
     sysfs = Path("/sys/class/net") / bridge
+    if not sysfs.exists():
+        raise ClusterError(f"the pods' bridge {bridge} is missing: run `make cluster-down` first")
+    Path("/proc/sys/net/ipv4/conf", bridge, "arp_notify").write_text("1\n")
     mac = bridge_mac(bridge)
     assigned = (sysfs / "addr_assign_type").read_text().strip()
     if assigned != "3" or (sysfs / "address").read_text().strip() != mac:

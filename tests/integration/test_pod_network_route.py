@@ -59,7 +59,7 @@ def test_the_bridge_keeps_its_mac_while_ports_with_lower_macs_come_and_go() -> N
         ensure_bridge(bridge, "10.253.0.1", CIDR)
         assert _mac(bridge) == bridge_mac(bridge)
         _ip("link", "add", port, "type", "veth", "peer", "name", f"{port}-peer")  # as a pod's
-        _ip("link", "set", port, "address", "02:00:00:00:00:01")  # lower than any bridge_mac
+        _ip("link", "set", port, "address", "02:00:00:00:00:01")  # lower than bridge_mac(bridge)
         _ip("link", "set", port, "master", bridge)
         assert _mac(bridge) == bridge_mac(bridge), "a joining port must not lend its MAC"
         _ip("link", "del", port)

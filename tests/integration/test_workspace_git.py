@@ -188,6 +188,26 @@ def test_a_push_onto_a_branch_that_moved_elsewhere_is_rejected_not_forced(
     assert _remote_head(url, "kloop/r/same-i1") == kept
 
 
+def test_a_push_the_server_refuses_says_why_not_how_far_it_got(
+    server: tuple[GitServer, str], tmp_path: Path
+) -> None:
+    srv, url = server
+    hook = srv.root / "app.git" / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'branches need a ticket'\nexit 1\n")
+    hook.chmod(0o755)
+    settings = _settings(url, tmp_path / "ws", "kloop/r/hook-i1")
+    assert clone(settings).error is None
+    (settings.workspace / "work.txt").write_text("done\n")
+    _git(settings.workspace, "add", "work.txt")
+    _git(settings.workspace, "commit", "-qm", "work")
+    report = push(settings)
+    assert report.error is GitError.PUSH_REJECTED, report.message
+    assert "pre-receive hook declined" in report.message
+    assert "branches need a ticket" in report.message
+    assert "POST git-receive-pack" not in report.message
+    assert "Writing objects" not in report.message
+
+
 def test_the_push_ignores_the_agents_hooks_and_url_rewrites(
     server: tuple[GitServer, str], tmp_path: Path
 ) -> None:
@@ -304,7 +324,7 @@ def test_a_push_that_is_never_answered_says_it_got_as_far_as_the_post(
     server: tuple[GitServer, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, url = server
-    settings = replace(_settings(url, tmp_path / "ws", "kloop/r/hang-i1"), push_timeout=6)
+    settings = replace(_settings(url, tmp_path / "ws", "kloop/r/hang-i1"), push_timeout=12)
     assert clone(settings).error is None
     (settings.workspace / "work.txt").write_text("done\n")
     _git(settings.workspace, "add", "work.txt")

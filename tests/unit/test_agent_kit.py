@@ -20,7 +20,7 @@ from kloop.api.results import (
     parse_maker_result,
 )
 from kloop.cli.agent import main
-from kloop.cli.workspace import last_words
+from kloop.cli.workspace import progress_of, tail
 from kloop.core.model import PodRequest, Role
 from kloop.kit.answers import InvalidAnswer, answer_schema, extract_json, to_result
 from kloop.kit.command import parse_output
@@ -467,10 +467,15 @@ def test_run_is_only_for_makers_and_checkers(monkeypatch: pytest.MonkeyPatch) ->
 def test_git_progress_is_summarised_at_each_meters_last_reading() -> None:
     stderr = (
         "Pushing to http://h/app.git\nCompressing objects:  50% (1/2)\rCompressing objects: 100% "
-        "(2/2), done.\nWriting objects: 100% (3/3), 262 bytes\nPOST git-receive-pack (499 bytes)\n"
+        "(2/2), done.\nremote: first\nremote: second\nPOST git-receive-pack (499 bytes)\n"
     )
-    assert last_words(stderr) == (
-        "Pushing to http://h/app.git / Compressing objects: 100% (2/2), done. / "
-        "Writing objects: 100% (3/3), 262 bytes / POST git-receive-pack (499 bytes)"
+    assert progress_of(stderr) == (
+        "Compressing objects: 100% (2/2), done. / remote: first / remote: second / "
+        "POST git-receive-pack (499 bytes)"
     )
-    assert last_words("x" * 500) == "x" * 300
+
+
+def test_a_long_git_message_is_cut_where_a_line_ended() -> None:
+    assert tail("a" * 10 + " / " + "b" * 20, limit=25) == "b" * 20
+    assert tail("x" * 500) == "x" * 300
+    assert tail("short / one") == "short / one"

@@ -165,17 +165,31 @@ class GitFailed(Exception):
         self.message = message
 
 
-def last_words(stderr: str, limit: int = 300) -> str:
-    """The end of git's stderr on one line, each progress meter only at its last reading."""
-    lines = [" ".join(line.split()) for line in re.split(r"[\r\n]+", stderr)]
-    kept: list[str] = []
-    for line in filter(None, lines):
-        meter = line.split(":", 1)[0]
-        if kept and ":" in line and kept[-1].split(":", 1)[0] == meter:
-            kept[-1] = line  # "Writing objects: 33%" then "...: 100%": keep the latest
-        else:
-            kept.append(line)
-    return " / ".join(kept)[-limit:]
+# what ``git push -v --progress`` adds to its output: where it pushes and its progress meters
+_CHATTER = re.compile(
+    r"^(Pushing to |POST git-|Total \d|Delta compression"
+    r"|(Enumerating|Counting|Compressing|Writing) objects:)"
+)
+
+
+def _lines(output: str) -> list[str]:
+    """Git's output line by line, a progress meter (redrawn after a CR) at its last reading."""
+    pieces = (line.split("\r") for line in output.split("\n"))
+    last = (next((p for p in reversed(ps) if p.strip()), "") for ps in pieces)
+    return [" ".join(line.split()) for line in last if line.strip()]
+
+
+def progress_of(stderr: str) -> str:
+    """How far a git command got, from its stderr on one line (the URL it names left out)."""
+    return " / ".join(line for line in _lines(stderr) if not line.startswith("Pushing to "))
+
+
+def tail(text: str, limit: int = 300) -> str:
+    """The end of ``text`` within ``limit`` characters, cut where one line ended."""
+    if len(text) <= limit:
+        return text
+    end = text[-limit:]
+    return end.split(" / ", 1)[1] if " / " in end else end
 
 
 def _verb(args: list[str]) -> str:
@@ -208,7 +222,7 @@ def _git(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         _, stderr = proc.communicate()
-        said = settings.mask(last_words(stderr))
+        said = tail(settings.mask(progress_of(stderr)))  # masked whole, then cut
         where = redact_url(settings.url)
         raise GitFailed(
             GitError.REMOTE_UNAVAILABLE,
@@ -218,9 +232,9 @@ def _git(
     if proc.returncode != 0:
         output = f"{stdout}\n{stderr}".strip()
         lines = [
-            line.strip()
-            for line in output.splitlines()
-            if line.strip() and not line.startswith(("hint:", "To ", "Done"))
+            line
+            for line in _lines(output)
+            if not line.startswith(("hint:", "To ", "Done")) and not _CHATTER.match(line)
         ][-4:]
         message = settings.mask(" ".join(lines))[:900]
         raise GitFailed(classify(output, default), f"git {_verb(args)}: {message}")
