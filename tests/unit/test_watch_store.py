@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from kloop.adapters import store as store_module
+from kloop.adapters import targets
+from kloop.adapters.pods import observe_pod
 from kloop.adapters.store import Store, newer
 from kloop.loops import run_changed_for_loop
 
@@ -149,6 +151,66 @@ def test_stored_pods_carry_no_managed_fields() -> None:
     store.put_pod(body)
     assert "managedFields" not in store.pods_of("ns", "r1")[0]["metadata"]
     assert body["metadata"]["managedFields"], "the event's own body is left as it was"
+
+
+def _full_pod(phase: str, **state: Any) -> dict[str, Any]:
+    """A pod as the watch sends it: spec, status and metadata kloop never reads included."""
+    body = pod("p", "6")
+    body["metadata"].update(
+        labels={"kloop.dev/run": "r1", "kloop.dev/cluster": "east"},
+        annotations={"kloop.dev/target-secret-uid": "s1", "kloop.dev/token-expires-at": "T"},
+        ownerReferences=[{"kind": "LoopRun", "name": "r1", "uid": "u1"}],
+        uid="pod-uid",
+        creationTimestamp="2026-01-01T00:00:00Z",
+        deletionTimestamp="2026-01-01T00:05:00Z",
+        managedFields=[{"manager": "kubelet"}],
+    )
+    body["spec"] = {
+        "containers": [
+            {"name": "agent", "image": "i", "env": [{"name": "E", "value": "x" * 500}]},
+            {"name": "sidecar", "image": "j"},
+        ],
+        "volumes": [{"name": "v", "configMap": {"name": "c"}}],
+    }
+    body["status"] = {
+        "phase": phase,
+        "reason": "Evicted",
+        "message": "m",
+        "conditions": [{"type": "Ready", "status": "False"}],
+        "podIP": "10.0.0.1",
+        "initContainerStatuses": [
+            {"name": "kloop-clone", "image": "k", "state": {"terminated": {"exitCode": 0}}}
+        ],
+        "containerStatuses": [
+            {"name": "sidecar", "state": {"running": {}}, "imageID": "x"},
+            {"name": "agent", "state": state, "restartCount": 0, "imageID": "y"},
+        ],
+    }
+    return body
+
+
+@pytest.mark.parametrize(
+    ("phase", "state"),
+    [
+        ("Failed", {"terminated": {"exitCode": 3, "reason": "Error", "message": "boom"}}),
+        ("Pending", {"waiting": {"reason": "ImagePullBackOff"}}),
+    ],
+)
+def test_a_stored_pod_keeps_all_kloop_reads_of_it_and_little_else(
+    phase: str, state: dict[str, Any]
+) -> None:
+    store = Store()
+    store.seed_pods("ns", "r1", listed("5"))
+    body = _full_pod(phase, **state)
+    store.put_pod(body)
+    kept = store.pods_of("ns", "r1")[0]
+    assert observe_pod(kept) == observe_pod(body)
+    assert targets.is_remote(kept) and targets.token_expiry([kept]) == {"east": "T"}
+    assert targets.ended_remote_pods([kept]) == targets.ended_remote_pods([body])
+    assert kept["metadata"]["ownerReferences"] == body["metadata"]["ownerReferences"]
+    assert "volumes" not in kept["spec"] and "env" not in kept["spec"]["containers"][0]
+    assert "conditions" not in kept["status"] and "managedFields" not in kept["metadata"]
+    assert body["spec"]["volumes"], "the event's own body is left as it was"
 
 
 def test_a_run_marked_stale_is_read_for_real_but_stays_listed_for_its_loop() -> None:

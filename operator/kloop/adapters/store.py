@@ -160,14 +160,13 @@ class Store:
         """Store a pod of a run being driven, unless a newer copy or the run's seed says no.
 
         Pods of runs no task drives (finished, or another replica's) are not kept: a run's first
-        pass lists its pods anyway. ``managedFields`` are dropped (nothing reads them on a pod;
-        they are a third of its size).
+        pass lists its pods anyway. Only what kloop reads of a pod is kept (``pod_view``).
         """
         key = _key(pod)
         seed = self._seeds.get((key[0], _run_label(pod)))
         if seed is None:
             return
-        pod = _slim(pod)
+        pod = pod_view(pod)
         stored = self.pods.get(key)
         if stored is None:
             version = resource_version(pod)
@@ -226,7 +225,7 @@ class Store:
         listed_names = set()
         for item in listed.get("items") or []:
             item.setdefault("metadata", {}).setdefault("namespace", namespace)
-            pod = _slim(item)
+            pod = pod_view(item)
             key = _key(pod)
             listed_names.add(key[1])
             if newer(pod, self.pods.get(key)):
@@ -292,3 +291,32 @@ def _slim(obj: Json, keep: Callable[[Json], bool] | None = None) -> Json:
 
 def _run_label(pod: Json) -> str:
     return str(((pod.get("metadata") or {}).get("labels") or {}).get(names.LABEL_RUN) or "")
+
+
+def _container_state(status: Json) -> Json:
+    return {k: status[k] for k in ("name", "state") if k in status}
+
+
+def pod_view(pod: Json) -> Json:
+    """What kloop reads of a pod: its metadata (without ``managedFields``), its containers'
+    names, and its phase, reason, message and containers' states (adapters/pods.py
+    ``observe_pod``, adapters/targets.py).
+
+    A pod's spec (env, volumes, mounts) and the rest of its status are most of its size and
+    are never read from the store: a live run's pods were the largest share of the operator's
+    memory with 1,000 runs (docs/BENCHMARKS-scale.md). A new dict; the caller's is left as it was.
+    """
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    view: Json = {
+        "metadata": {k: v for k, v in meta.items() if k != "managedFields"},
+        "spec": {"containers": [{"name": c.get("name")} for c in spec.get("containers") or []]},
+    }
+    if status:
+        kept: Json = {k: status[k] for k in ("phase", "reason", "message") if k in status}
+        for key in ("containerStatuses", "initContainerStatuses"):
+            if key in status:
+                kept[key] = [_container_state(c) for c in status[key] or []]
+        view["status"] = kept
+    return view
