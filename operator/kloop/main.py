@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default=os.environ.get("KLOOP_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     logs.configure(args.log_level)
-    memtrace.install()  # KLOOP_TRACEMALLOC: a diagnostic, off by default
+    memtrace.install()  # KLOOP_MEMDUMP, KLOOP_TRACEMALLOC: diagnostics, off by default
     from kloop import handlers, triggers  # noqa: F401  (registers the kopf handlers)
 
     if args.metrics_port:

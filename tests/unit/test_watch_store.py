@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -259,7 +260,7 @@ def test_a_late_deleted_of_an_earlier_run_keeps_the_new_run_of_that_name() -> No
     new["metadata"]["uid"] = "new"
     store.put_run(new)
     store.forget_run("ns", "r1", uid="old")
-    assert store.run("ns", "r1") is new
+    assert store.run("ns", "r1") == new
 
 
 def test_a_forgotten_run_leaves_its_loops_runs() -> None:
@@ -279,3 +280,20 @@ def test_a_stored_run_keeps_only_the_managed_fields_that_name_who_set_annotation
     store.put_run(run)
     assert store.runs[("ns", "r1")]["metadata"]["managedFields"] == [approval]
     assert run["metadata"]["managedFields"] == [approval, status], "the event's body is untouched"
+
+
+def test_stored_bodies_are_equal_copies_sharing_their_keys_and_short_strings() -> None:
+    store = Store()
+    bodies = [
+        json.loads(json.dumps(obj(name, "3", status={"phase": "Running", "message": "m" * 200})))
+        for name in ("r1", "r2")
+    ]
+    for body in bodies:
+        store.put_run(body)
+    one, two = store.runs[("ns", "r1")], store.runs[("ns", "r2")]
+    assert one == bodies[0] and two == bodies[1]
+    assert next(k for k in one["status"] if k == "phase") is next(
+        k for k in two["status"] if k == "phase"
+    )
+    assert one["status"]["phase"] is two["status"]["phase"]
+    assert bodies[0]["status"]["phase"] is not bodies[1]["status"]["phase"], "parsed apart"
