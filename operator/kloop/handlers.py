@@ -210,8 +210,11 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str, uid: str)
             caches.forget(uid)
             caches.store.forget_pods(namespace, name)
             return
+        requeue = decision.requeue_after
+        del decision  # a sleeping task holds only what a retry report needs: the last snapshot
+        snap.run = caches.store.settled(snap.run)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(driver.wake.wait(), timeout=decision.requeue_after)
+            await asyncio.wait_for(driver.wake.wait(), timeout=requeue)
 
 
 @kopf.on.event(GROUP, VERSION, "loopruns")

@@ -297,3 +297,15 @@ def test_stored_bodies_are_equal_copies_sharing_their_keys_and_short_strings() -
     )
     assert one["status"]["phase"] is two["status"]["phase"]
     assert bodies[0]["status"]["phase"] is not bodies[1]["status"]["phase"], "parsed apart"
+
+
+def test_a_sleeping_task_keeps_the_stored_copy_of_its_run_only_when_it_is_that_version() -> None:
+    store = Store()
+    store.put_run(obj("r1", "5"))
+    answer = obj("r1", "5")
+    assert store.settled(answer) is store.runs[("ns", "r1")]
+    newer_answer = obj("r1", "6")
+    assert store.settled(newer_answer) is newer_answer
+    opaque = obj("r1", "abc")
+    store.put_run(opaque)
+    assert store.settled(obj("r1", "abc")) is not store.runs[("ns", "r1")]

@@ -129,6 +129,18 @@ class Store:
             return None
         return self.runs.get((namespace, name))
 
+    def settled(self, run: Json) -> Json:
+        """The stored copy of ``run`` if it is the same version (compact), else ``run`` itself.
+
+        A run's task keeps its last snapshot while it sleeps; its body is the apiserver's answer
+        to the pass's write, which the store already holds in compact form.
+        """
+        stored = self.runs.get(_key(run))
+        version = resource_version(run)
+        if stored is not None and version is not None and resource_version(stored) == version:
+            return stored
+        return run
+
     def mark_stale(self, namespace: str, name: str) -> None:
         """A write found the stored run out of date (a conflict): the next read goes to the API.
 
