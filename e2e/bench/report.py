@@ -405,9 +405,10 @@ def targets_section(
         "RSS": [
             "- **RSS with 1,000 runs.** Where it goes, measured with `KLOOP_MEMDUMP=deep`",
             "  (`kloop/memtrace.py`, docs/development.md) near the end of a 1,000-run case at",
-            "  300 MiB, before the last two changes below: CPython's small objects 175 MiB (33 of",
-            "  them the imported modules: kopf, the Kubernetes client, pydantic), glibc's main heap",
-            "  75 MiB of which only 30 in use, shared libraries 22 MiB, the API threads' arenas",
+            "  300 MiB, before the last two changes below: CPython's small objects 175 MiB (33",
+            "  of them the imported modules: kopf, the Kubernetes client, pydantic), glibc's main",
+            "  heap 75 MiB of which only 30 in use, shared libraries 22 MiB, the API threads'",
+            "  arenas",
             "  8 MiB. Of the objects, the run tasks held 39 MiB (each sleeping task its last",
             "  snapshot and decision), the Loop tasks 28 MiB (each its last pass), the metrics'",
             "  per-run series 12 MiB, the parsed Loop specs 12 MiB, the watch store 22 MiB (runs",
@@ -417,7 +418,7 @@ def targets_section(
             "  only `triggers` of each Loop; then run and Loop tasks free a pass's objects before",
             "  sleeping and `kloop/malloc.py` gives the heap's free pages back every 10 s (the",
             "  table above). Not broken down further: the rest of the small objects (kopf's",
-            "  per-event work, HTTP buffers, requests in flight: tracemalloc shows no single site).",
+            "  per-event work, HTTP buffers, requests in flight; tracemalloc shows no one site).",
         ],
     }
     notes = [line for key, text in why.items() if any(m.startswith(key) for m in missed)
