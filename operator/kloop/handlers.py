@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import kopf
 
-from kloop import loops, shards
+from kloop import loops, malloc, shards
 from kloop.adapters import errors
 from kloop.adapters.apply import Gone, PermanentWriteError, apply
 from kloop.adapters.egress import EgressGuard
@@ -96,6 +96,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
         ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="kloop-api")
     )
     memo.kube = Kube()
+    memo.trim = asyncio.create_task(malloc.trim_forever(), name="malloc trim")
     shards.identify(memo.kube, shard)
     # the egress guard comes from main's flags (--allow-egress-cidr); strict when run otherwise
     memo.caches = Caches(
@@ -117,6 +118,9 @@ async def stop_drivers(memo: Any, **_: Any) -> None:
             await driver.task
     _drivers.clear()
     _by_name.clear()
+    trim = getattr(memo, "trim", None)
+    if trim is not None:
+        trim.cancel()
     caches = getattr(memo, "caches", None)
     if caches is not None:
         caches.clusters.close()  # the target clusters' connection pools
@@ -210,8 +214,11 @@ async def drive(kube: Kube, caches: Caches, namespace: str, name: str, uid: str)
             caches.forget(uid)
             caches.store.forget_pods(namespace, name)
             return
+        requeue = decision.requeue_after
+        del decision  # a sleeping task holds only what a retry report needs: the last snapshot
+        snap.run = caches.store.settled(snap.run)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(driver.wake.wait(), timeout=decision.requeue_after)
+            await asyncio.wait_for(driver.wake.wait(), timeout=requeue)
 
 
 @kopf.on.event(GROUP, VERSION, "loopruns")

@@ -9,7 +9,7 @@ import sys
 
 import kopf
 
-from kloop import logs, metrics
+from kloop import logs, memtrace, metrics
 from kloop.adapters.egress import EgressGuard
 from kloop.core.egress import IPNetwork, parse_cidr
 from kloop.core.shard import Shard, ShardError, parse
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default=os.environ.get("KLOOP_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     logs.configure(args.log_level)
+    memtrace.install()  # KLOOP_MEMDUMP, KLOOP_TRACEMALLOC: diagnostics, off by default
     from kloop import handlers, triggers  # noqa: F401  (registers the kopf handlers)
 
     if args.metrics_port:

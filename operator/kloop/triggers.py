@@ -217,6 +217,21 @@ class Triggers:
                     log.warning("refreshing trigger Secrets failed: %s", err)
 
 
+def trigger_view(loop: Json) -> Json:
+    """What the triggers read of a Loop: its identity, ``spec.triggers``, ``status.triggers``.
+
+    Every Loop is kept (``Triggers.loops``) for the pollers and the Secret refresh; the whole
+    body (managedFields, the rest of spec and status) was a second copy of every Loop in memory.
+    """
+    view: Json = {k: loop[k] for k in ("apiVersion", "kind") if k in loop}
+    view["metadata"] = {k: v for k, v in loop["metadata"].items() if k != "managedFields"}
+    for part in ("spec", "status"):
+        found = (loop.get(part) or {}).get("triggers")
+        if found is not None:
+            view[part] = {"triggers": found}
+    return view
+
+
 def _statuses(loop: Json) -> list[Json] | None:
     found: list[Json] | None = (loop.get("status") or {}).get("triggers")
     return found
@@ -261,7 +276,7 @@ async def loop_event(
     if type == "DELETED":
         state.forget(namespace or "", name)
         return
-    loop = json.loads(json.dumps(body, default=dict))  # a plain copy: kopf's body is a live view
+    loop = trigger_view(json.loads(json.dumps(body, default=dict)))  # kopf's body is a live view
     try:
         await state.observe(loop)
     except Exception as err:  # noqa: BLE001 - the next event or refresh tries again

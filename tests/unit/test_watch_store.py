@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 import pytest
 
 from kloop.adapters import store as store_module
+from kloop.adapters import targets
+from kloop.adapters.pods import observe_pod
 from kloop.adapters.store import Store, newer
 from kloop.loops import run_changed_for_loop
 
@@ -151,6 +154,66 @@ def test_stored_pods_carry_no_managed_fields() -> None:
     assert body["metadata"]["managedFields"], "the event's own body is left as it was"
 
 
+def _full_pod(phase: str, **state: Any) -> dict[str, Any]:
+    """A pod as the watch sends it: spec, status and metadata kloop never reads included."""
+    body = pod("p", "6")
+    body["metadata"].update(
+        labels={"kloop.dev/run": "r1", "kloop.dev/cluster": "east"},
+        annotations={"kloop.dev/target-secret-uid": "s1", "kloop.dev/token-expires-at": "T"},
+        ownerReferences=[{"kind": "LoopRun", "name": "r1", "uid": "u1"}],
+        uid="pod-uid",
+        creationTimestamp="2026-01-01T00:00:00Z",
+        deletionTimestamp="2026-01-01T00:05:00Z",
+        managedFields=[{"manager": "kubelet"}],
+    )
+    body["spec"] = {
+        "containers": [
+            {"name": "agent", "image": "i", "env": [{"name": "E", "value": "x" * 500}]},
+            {"name": "sidecar", "image": "j"},
+        ],
+        "volumes": [{"name": "v", "configMap": {"name": "c"}}],
+    }
+    body["status"] = {
+        "phase": phase,
+        "reason": "Evicted",
+        "message": "m",
+        "conditions": [{"type": "Ready", "status": "False"}],
+        "podIP": "10.0.0.1",
+        "initContainerStatuses": [
+            {"name": "kloop-clone", "image": "k", "state": {"terminated": {"exitCode": 0}}}
+        ],
+        "containerStatuses": [
+            {"name": "sidecar", "state": {"running": {}}, "imageID": "x"},
+            {"name": "agent", "state": state, "restartCount": 0, "imageID": "y"},
+        ],
+    }
+    return body
+
+
+@pytest.mark.parametrize(
+    ("phase", "state"),
+    [
+        ("Failed", {"terminated": {"exitCode": 3, "reason": "Error", "message": "boom"}}),
+        ("Pending", {"waiting": {"reason": "ImagePullBackOff"}}),
+    ],
+)
+def test_a_stored_pod_keeps_all_kloop_reads_of_it_and_little_else(
+    phase: str, state: dict[str, Any]
+) -> None:
+    store = Store()
+    store.seed_pods("ns", "r1", listed("5"))
+    body = _full_pod(phase, **state)
+    store.put_pod(body)
+    kept = store.pods_of("ns", "r1")[0]
+    assert observe_pod(kept) == observe_pod(body)
+    assert targets.is_remote(kept) and targets.token_expiry([kept]) == {"east": "T"}
+    assert targets.ended_remote_pods([kept]) == targets.ended_remote_pods([body])
+    assert kept["metadata"]["ownerReferences"] == body["metadata"]["ownerReferences"]
+    assert "volumes" not in kept["spec"] and "env" not in kept["spec"]["containers"][0]
+    assert "conditions" not in kept["status"] and "managedFields" not in kept["metadata"]
+    assert body["spec"]["volumes"], "the event's own body is left as it was"
+
+
 def test_a_run_marked_stale_is_read_for_real_but_stays_listed_for_its_loop() -> None:
     store = Store()
     store.put_run(obj("r1", "4", spec={"loopRef": {"name": "l"}}))
@@ -197,7 +260,7 @@ def test_a_late_deleted_of_an_earlier_run_keeps_the_new_run_of_that_name() -> No
     new["metadata"]["uid"] = "new"
     store.put_run(new)
     store.forget_run("ns", "r1", uid="old")
-    assert store.run("ns", "r1") is new
+    assert store.run("ns", "r1") == new
 
 
 def test_a_forgotten_run_leaves_its_loops_runs() -> None:
@@ -217,3 +280,32 @@ def test_a_stored_run_keeps_only_the_managed_fields_that_name_who_set_annotation
     store.put_run(run)
     assert store.runs[("ns", "r1")]["metadata"]["managedFields"] == [approval]
     assert run["metadata"]["managedFields"] == [approval, status], "the event's body is untouched"
+
+
+def test_stored_bodies_are_equal_copies_sharing_their_keys_and_short_strings() -> None:
+    store = Store()
+    bodies = [
+        json.loads(json.dumps(obj(name, "3", status={"phase": "Running", "message": "m" * 200})))
+        for name in ("r1", "r2")
+    ]
+    for body in bodies:
+        store.put_run(body)
+    one, two = store.runs[("ns", "r1")], store.runs[("ns", "r2")]
+    assert one == bodies[0] and two == bodies[1]
+    assert next(k for k in one["status"] if k == "phase") is next(
+        k for k in two["status"] if k == "phase"
+    )
+    assert one["status"]["phase"] is two["status"]["phase"]
+    assert bodies[0]["status"]["phase"] is not bodies[1]["status"]["phase"], "parsed apart"
+
+
+def test_a_sleeping_task_keeps_the_stored_copy_of_its_run_only_when_it_is_that_version() -> None:
+    store = Store()
+    store.put_run(obj("r1", "5"))
+    answer = obj("r1", "5")
+    assert store.settled(answer) is store.runs[("ns", "r1")]
+    newer_answer = obj("r1", "6")
+    assert store.settled(newer_answer) is newer_answer
+    opaque = obj("r1", "abc")
+    store.put_run(opaque)
+    assert store.settled(obj("r1", "abc")) is not store.runs[("ns", "r1")]
