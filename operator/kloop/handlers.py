@@ -96,7 +96,6 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
         ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="kloop-api")
     )
     memo.kube = Kube()
-    memo.trim = asyncio.create_task(malloc.trim_forever(), name="malloc trim")
     shards.identify(memo.kube, shard)
     # the egress guard comes from main's flags (--allow-egress-cidr); strict when run otherwise
     memo.caches = Caches(
@@ -106,6 +105,8 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     )
     # drift in a target is measured as its agent ServiceAccount: a Loop learns no more there
     memo.caches.target_client = memo.caches.clusters.agent_client
+    if getattr(memo, "trim", None) is None:  # once, even if kopf retries this handler
+        memo.trim = asyncio.create_task(malloc.trim_forever(), name="malloc trim")
 
 
 @kopf.on.cleanup()

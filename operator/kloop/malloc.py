@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 from collections.abc import Callable
 
 TRIM_SECONDS = 10.0
 
 
 def trimmer() -> Callable[[], object] | None:
-    """The C library's ``malloc_trim(0)`` as a function; None where it has none (musl)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
+    """The C library's ``malloc_trim(0)`` as a function; None where it has none (musl).
+
+    ``CDLL(None)`` is the process's own symbols: no ``ldconfig`` run to find libc.
+    """
+    try:
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except OSError:
         return None
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
     if trim is None:
         return None
     return lambda: trim(0)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import gc
 import itertools
 import logging
@@ -38,7 +37,7 @@ def install() -> None:
     frames = os.environ.get("KLOOP_TRACEMALLOC", "")
     if frames.isdigit() and int(frames) > 0:
         tracemalloc.start(int(frames))
-    elif os.environ.get("KLOOP_MEMDUMP", "") in ("", "0"):
+    elif os.environ.get("KLOOP_MEMDUMP", "").lower() not in ("1", "true", "yes", "deep"):
         return
     signal.signal(signal.SIGUSR1, _dump)
 
@@ -51,9 +50,9 @@ def _rss_mib() -> float:
 
 
 def _malloc_stats() -> None:
-    libc = ctypes.util.find_library("c")
-    if libc is not None:
-        ctypes.CDLL(libc).malloc_stats()  # glibc: per arena, to stderr
+    stats = getattr(ctypes.CDLL(None), "malloc_stats", None)  # glibc only
+    if stats is not None:
+        stats()  # per arena, to stderr
 
 
 def _deep_size(root: object, seen: set[int]) -> int:
@@ -115,6 +114,14 @@ def _holders() -> None:
 
 
 def _dump(signum: int, frame: FrameType | None) -> None:
+    """Print the dump; a diagnostic that fails says so and never takes the operator down."""
+    try:
+        _dump_all()
+    except Exception as err:  # noqa: BLE001 - raised in a signal handler it would end the loop
+        print(f"memdump: failed: {err!r}", file=sys.stderr, flush=True)
+
+
+def _dump_all() -> None:
     rss = _rss_mib()
     print(f"memdump: VmRSS {rss:.1f} MiB, gc counts {gc.get_count()}", file=sys.stderr, flush=True)
     sys._debugmallocstats()  # pymalloc's arenas and pools, to stderr

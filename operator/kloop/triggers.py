@@ -217,14 +217,19 @@ class Triggers:
                     log.warning("refreshing trigger Secrets failed: %s", err)
 
 
+IDENTITY = ("name", "namespace", "uid", "resourceVersion", "generation")
+
+
 def trigger_view(loop: Json) -> Json:
     """What the triggers read of a Loop: its identity, ``spec.triggers``, ``status.triggers``.
 
     Every Loop is kept (``Triggers.loops``) for the pollers and the Secret refresh; the whole
-    body (managedFields, the rest of spec and status) was a second copy of every Loop in memory.
+    body (managedFields, a client-side apply's last-applied annotation, the rest of spec and
+    status) was a second copy of every Loop in memory. Identity is what an Event names.
     """
     view: Json = {k: loop[k] for k in ("apiVersion", "kind") if k in loop}
-    view["metadata"] = {k: v for k, v in loop["metadata"].items() if k != "managedFields"}
+    meta = loop["metadata"]
+    view["metadata"] = {k: meta[k] for k in IDENTITY if k in meta}
     for part in ("spec", "status"):
         found = (loop.get(part) or {}).get("triggers")
         if found is not None:

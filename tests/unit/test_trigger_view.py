@@ -19,6 +19,7 @@ LOOP = {
         "uid": "u",
         "resourceVersion": "7",
         "managedFields": [{"manager": "kubectl"}],
+        "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{...}" * 100},
     },
     "spec": {
         "triggers": [{"name": "t", "git": {"url": "https://example.invalid/r.git"}}],
@@ -38,7 +39,7 @@ def test_a_kept_loop_answers_every_trigger_read_like_the_whole_loop() -> None:
     assert _statuses(view) == _statuses(LOOP)
     assert _merged(view, {}) == _merged(LOOP, {})
     assert "maker" not in view["spec"] and "history" not in view["status"]
-    assert "managedFields" not in view["metadata"]
+    assert "managedFields" not in view["metadata"] and "annotations" not in view["metadata"]
 
 
 def test_a_loop_without_triggers_keeps_only_its_identity() -> None:

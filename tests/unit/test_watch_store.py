@@ -309,3 +309,14 @@ def test_a_sleeping_task_keeps_the_stored_copy_of_its_run_only_when_it_is_that_v
     opaque = obj("r1", "abc")
     store.put_run(opaque)
     assert store.settled(obj("r1", "abc")) is not store.runs[("ns", "r1")]
+
+
+def test_shared_values_stop_at_the_cap_and_are_still_copied_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(store_module, "_shared", {})
+    monkeypatch.setattr(store_module, "SHARED_CAP", 10)
+    values = [f"resourceVersion-{i}" for i in range(50)]
+    copied = store_module.compact({"items": values})
+    assert copied == {"items": values}
+    assert len(store_module._shared) == 10

@@ -119,7 +119,8 @@ class Snapshot:
     run: Json
     loop: Json | None
     pods: dict[str, Json] = field(default_factory=dict)
-    """The run's own pods as read."""
+    """The run's own pods, as the store keeps them (``store.pod_view``: no spec but the container
+    names, no conditions or restart counts)."""
     ended_targets: dict[str, str | None] = field(default_factory=dict)
     """Ended pods of remote targets whose kubeconfig Secret is still to delete -> its uid."""
     placed: dict[str, tuple[str, str]] = field(default_factory=dict)

@@ -311,23 +311,43 @@ def _run_label(pod: Json) -> str:
     return str(((pod.get("metadata") or {}).get("labels") or {}).get(names.LABEL_RUN) or "")
 
 
-INTERN_MAX = 64
-"""Strings up to this length are interned when stored (keys, names, labels, phases, reasons)."""
+SHARED_MAX = 64
+"""Values up to this length are shared between stored bodies (names, labels, phases, reasons)."""
+
+SHARED_CAP = 50_000
+"""How many distinct values are shared at most: the table keeps each one alive for good."""
+
+_shared: dict[str, str] = {}
+
+
+def _share(value: str) -> str:
+    """One copy of a short value for every stored body, from a table of bounded size.
+
+    Not ``sys.intern``: on Python 3.12 an interned string is never freed, and values such as
+    resourceVersions and timestamps are new on every write.
+    """
+    found = _shared.get(value)
+    if found is not None:
+        return found
+    if len(_shared) < SHARED_CAP:
+        _shared[value] = value
+    return value
 
 
 def compact(obj: Any) -> Any:
-    """A deep copy of a JSON value whose keys and short strings are interned.
+    """A deep copy of a JSON value whose keys are interned and short values shared.
 
     A parsed body holds its own copy of every key and of values repeated across objects
-    ("metadata", label keys, the API group, phases, reasons...): interned, the store keeps one.
-    Measured on the bench's LoopRuns, Loops and pods: about half their size in memory.
+    ("metadata", label keys, the API group, phases, reasons...): compacted, the store keeps one.
+    Measured on the bench's LoopRuns, Loops and pods: about half their size in memory. Keys are
+    a bounded set (field names, label and annotation keys), so interning them is safe.
     """
-    if isinstance(obj, dict):
-        return {sys.intern(k): compact(v) for k, v in obj.items()}
-    if isinstance(obj, list):
+    if type(obj) is dict:
+        return {sys.intern(str(k)): compact(v) for k, v in obj.items()}
+    if type(obj) is list:
         return [compact(v) for v in obj]
-    if isinstance(obj, str) and len(obj) <= INTERN_MAX:
-        return sys.intern(obj)
+    if type(obj) is str and len(obj) <= SHARED_MAX:
+        return _share(obj)
     return obj
 
 
