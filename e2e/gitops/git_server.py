@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,10 +99,26 @@ class GitHttpApp:
     check credentials reached git).
     """
 
+    SLOW_SECONDS = 5.0
+
     def __init__(self, root: Path, auth: tuple[str, str] | None = None) -> None:
         self.root = root
         self.auth = auth
         self.seen: list[str] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """Serve one request; one slower than ``SLOW_SECONDS`` is reported on stderr.
+
+        A client that got no answer then knows whether the server was slow or never saw it.
+        """
+        started = time.monotonic()
+        try:
+            return self._serve(environ, start_response)
+        finally:
+            took = time.monotonic() - started
+            if took > self.SLOW_SECONDS:
+                what = f"{environ['REQUEST_METHOD']} {environ.get('PATH_INFO', '')}"
+                print(f"git server: {what} took {took:.1f}s", file=sys.stderr, flush=True)
 
     def _authorized(self, environ: dict[str, Any]) -> bool:
         if self.auth is None:
@@ -110,7 +128,7 @@ class GitHttpApp:
         expected = base64.b64encode(":".join(self.auth).encode()).decode()
         return given == f"Basic {expected}"
 
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    def _serve(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if not self._authorized(environ):
             headers = [("WWW-Authenticate", 'Basic realm="kloop-test"'), ("Content-Length", "0")]
             start_response("401 Unauthorized", headers)

@@ -105,7 +105,9 @@ def _sync(api: client.ApiClient, ns: str, url: str, timeout: str = "3m") -> None
             "apiVersion": f"{SOURCE[0]}/{SOURCE[1]}",
             "kind": "GitRepository",
             "metadata": {"name": "app"},
-            "spec": {"url": url, "interval": "1m", "ref": {"branch": "main"}},
+            # a fetch that gets no answer gives up after 20 s and is retried (default: 60 s,
+            # as long as a test waits; CI saw one GET on loopback go unanswered once)
+            "spec": {"url": url, "interval": "1m", "timeout": "20s", "ref": {"branch": "main"}},
         },
     )
     _custom(api).create_namespaced_custom_object(
@@ -141,6 +143,13 @@ def _request_reconcile(api: client.ApiClient, kind: tuple[str, str, str], ns: st
 def _handled(api: client.ApiClient, kind: tuple[str, str, str], ns: str, token: str) -> Json | None:
     obj = _get(api, kind, ns, "app")
     return obj if (obj.get("status") or {}).get("lastHandledReconcileAt") == token else None
+
+
+def _fetched(api: client.ApiClient, ns: str, sha: str) -> Json | None:
+    """The GitRepository's artifact is at ``sha`` (a failed fetch is retried until it is)."""
+    obj = _get(api, SOURCE, ns, "app")
+    revision = ((obj.get("status") or {}).get("artifact") or {}).get("revision", "")
+    return obj if revision.endswith(sha) else None
 
 
 def _applied(api: client.ApiClient, ns: str, sha: str) -> Json | None:
@@ -281,8 +290,8 @@ def test_flux_syncs_a_run_to_success_without_drift_and_picks_up_a_changed_loop(
     # A changed Loop in git is applied on the next reconcile.
     loop["spec"]["goal"] = "Make greeting.txt say exactly 'hello, world', synced by Flux."
     second = app.push(loop, "new goal")
-    token = _request_reconcile(api_client, SOURCE, ns)
-    wait_for("the new commit fetched", lambda: _handled(api_client, SOURCE, ns, token), 60)
+    _request_reconcile(api_client, SOURCE, ns)
+    wait_for("the new commit fetched", lambda: _fetched(api_client, ns, second), 120)
     _request_reconcile(api_client, KUSTOMIZE, ns)
     wait_for("Ready=True at the second commit", lambda: _applied(api_client, ns, second), 120)
     live = _kloop(api_client, "loops", ns, "greeting")
