@@ -17,15 +17,21 @@ from collections.abc import Callable
 TRIM_SECONDS = 10.0
 
 
-def trimmer() -> Callable[[], object] | None:
-    """The C library's ``malloc_trim(0)`` as a function; None where it has none (musl).
+def libc_function(name: str) -> Callable[..., object] | None:
+    """A function of the C library by name; None where it has none (glibc's own, on musl).
 
     ``CDLL(None)`` is the process's own symbols: no ``ldconfig`` run to find libc.
     """
     try:
-        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+        found: Callable[..., object] | None = getattr(ctypes.CDLL(None), name, None)
     except OSError:
         return None
+    return found
+
+
+def trimmer() -> Callable[[], object] | None:
+    """The C library's ``malloc_trim(0)`` as a function; None where it has none (musl)."""
+    trim = libc_function("malloc_trim")
     if trim is None:
         return None
     return lambda: trim(0)

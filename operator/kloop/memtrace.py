@@ -15,7 +15,6 @@ each snapshot to ``PATH.<n>`` for ``tracemalloc.Snapshot.load`` (group it any wa
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import itertools
 import logging
@@ -27,6 +26,8 @@ import tracemalloc
 import types
 from pathlib import Path
 from types import FrameType
+
+from kloop.malloc import libc_function
 
 TOP = 30
 _dumps = itertools.count()
@@ -50,7 +51,7 @@ def _rss_mib() -> float:
 
 
 def _malloc_stats() -> None:
-    stats = getattr(ctypes.CDLL(None), "malloc_stats", None)  # glibc only
+    stats = libc_function("malloc_stats")  # glibc only
     if stats is not None:
         stats()  # per arena, to stderr
 
@@ -83,7 +84,7 @@ STOP = (
 def _holders() -> None:
     """Deep sizes of kloop's long-lived holders, found among the live objects by type name."""
     found: dict[str, list[object]] = {}
-    wanted = {"Store", "Triggers", "ResourceMemories", "CollectorRegistry", "ThreadPoolExecutor"}
+    wanted = {"Store", "Triggers", "ResourceMemories", "CollectorRegistry"}
     for obj in gc.get_objects():
         name = type(obj).__name__
         if name in wanted:

@@ -14,7 +14,7 @@ answer to a create, replace or patch), so a pass needs no GET or LIST. What make
   too few pods (which would look like pods to create) nor ghosts (which would look like pods
   running), and a watch that missed a deletion is corrected by the next reseed.
 - **Compact.** Only what kloop reads of a pod is kept, and every stored body is a compact copy
-  (``compact``: interned keys and short strings); with 1,000 runs the store was the largest
+  (``compact``: interned keys, short values shared); with 1,000 runs the store was the largest
   share of the operator's memory.
 - **Handed out read-only.** Callers get the stored dicts and must not mutate them: the I/O layer
   rebinds, never edits (``Snapshot.run`` is replaced by the apiserver's answer after a write).
