@@ -52,10 +52,16 @@ from kloop.core.notify import RunRef
 from kloop.metrics import PODS_CREATED, RUNS, record_transition
 
 log = logging.getLogger("kloop.apply")
+INPUT_ATTEMPTS = 3
+"""Create-or-replace rounds for a pod's inputs before the pass gives up (the next one retries)."""
 
 
 class Conflict(Exception):
     """Someone changed the LoopRun since we read it: observe again."""
+
+
+class InputsUnsettled(Exception):
+    """A pod's inputs ConfigMap kept appearing and vanishing under us: try on the next pass."""
 
 
 class Gone(Exception):
@@ -348,16 +354,26 @@ async def _write_target(
 async def _write_inputs(kube: Kube, namespace: str, inputs: Json) -> None:
     """Create the pod's inputs ConfigMap, or overwrite one that exists with kloop's content.
 
-    One that exists was written by an earlier attempt of ours, or planted to feed the pod a
-    forged maker.json or feedback.json: either way the pod must read what kloop decided.
+    One that exists was written by an earlier attempt of ours, planted to feed the pod a forged
+    maker.json or feedback.json (either way the pod must read what kloop decided), or left by a
+    deleted run of the same name: the garbage collector may remove that one between our create
+    and our replace, so a replace that finds nothing creates again.
     """
-    try:
-        await kube.call(kube.core.create_namespaced_config_map, namespace, inputs)
-    except Exception as err:
-        if not is_status(err, 409):
-            raise
-        name = inputs["metadata"]["name"]
-        await kube.call(kube.core.replace_namespaced_config_map, name, namespace, inputs)
+    name = inputs["metadata"]["name"]
+    for _ in range(INPUT_ATTEMPTS):
+        try:
+            await kube.call(kube.core.create_namespaced_config_map, namespace, inputs)
+            return
+        except Exception as err:
+            if not is_status(err, 409):
+                raise
+        try:
+            await kube.call(kube.core.replace_namespaced_config_map, name, namespace, inputs)
+            return
+        except Exception as err:
+            if not is_status(err, 404):
+                raise
+    raise InputsUnsettled(f"ConfigMap {namespace}/{name} kept appearing and vanishing")
 
 
 async def _adopt_or_reject(kube: Kube, snap: Snapshot, action: CreatePod, caches: Caches) -> None:

@@ -1,0 +1,85 @@
+"""A pod's inputs ConfigMap against a real apiserver, when one of that name is already there.
+
+A run replaced under the same name (``kubectl replace --force``) asks for the same names as its
+predecessor while the garbage collector is still removing the predecessor's objects: the
+ConfigMap can exist when kloop creates it and be gone when it replaces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from kloop.adapters.apply import INPUT_ATTEMPTS, InputsUnsettled, _write_inputs
+from kloop.adapters.kube import Kube
+
+pytestmark = pytest.mark.integration
+
+NAME = "again-s0-local-i1-maker-in"
+
+
+def inputs(text: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": NAME},
+        "data": {"maker.json": text},
+    }
+
+
+class CollectedBeforeReplace(Kube):
+    """A real client that deletes the ConfigMap just before each replace, as the GC may."""
+
+    def __init__(self, api_client: client.ApiClient, namespace: str, times: int) -> None:
+        super().__init__(api_client)
+        self.namespace = namespace
+        self.times = times
+
+    async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(fn, "__name__", "") != "replace_namespaced_config_map" or not self.times:
+            return await super().call(fn, *args, **kwargs)
+        self.times -= 1
+        await super().call(self.core.delete_namespaced_config_map, NAME, self.namespace)
+        try:
+            return await super().call(fn, *args, **kwargs)
+        finally:
+            if self.times:  # ... and the next create finds one again
+                await super().call(
+                    self.core.create_namespaced_config_map, self.namespace, inputs("stale")
+                )
+
+
+def read(api_client: client.ApiClient, namespace: str) -> dict[str, str]:
+    return client.CoreV1Api(api_client).read_namespaced_config_map(NAME, namespace).data
+
+
+def test_a_predecessors_inputs_collected_between_create_and_replace_are_written_anew(
+    api_client: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(api_client)
+    core.create_namespaced_config_map(namespace, inputs("the deleted run's"))
+    kube = CollectedBeforeReplace(api_client, namespace, times=1)
+    asyncio.run(_write_inputs(kube, namespace, inputs("this run's")))
+    assert read(api_client, namespace) == {"maker.json": "this run's"}
+
+
+def test_inputs_left_in_place_are_overwritten_with_what_kloop_decided(
+    api_client: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(api_client)
+    core.create_namespaced_config_map(namespace, inputs("forged"))
+    asyncio.run(_write_inputs(Kube(api_client), namespace, inputs("this run's")))
+    assert read(api_client, namespace) == {"maker.json": "this run's"}
+
+
+def test_inputs_that_never_settle_give_up_for_this_pass_only(
+    api_client: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(api_client)
+    core.create_namespaced_config_map(namespace, inputs("stale"))
+    kube = CollectedBeforeReplace(api_client, namespace, times=INPUT_ATTEMPTS + 1)
+    with pytest.raises(InputsUnsettled, match=NAME):
+        asyncio.run(_write_inputs(kube, namespace, inputs("this run's")))
