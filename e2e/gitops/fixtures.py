@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from e2e.gitops.flux import FluxControllers, flux_crds, install_flux_crds, remove_unused_crds
-from e2e.gitops.git_server import GitServer, git_server
+from e2e.gitops.git_server import GitServer, git_server, recent_requests
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +53,4 @@ def flux_logs(flux: FluxControllers) -> Iterator[FluxControllers]:
     yield flux
     for controller in (flux.source, flux.kustomize):
         print(f"--- {controller.binary.name} log (tail) ---\n{controller.log_tail(40)}")
+    print(f"--- the git server's last requests ---\n{recent_requests()}")

@@ -9,6 +9,7 @@ and CGI needs the body on stdin with a length).
 from __future__ import annotations
 
 import base64
+import collections
 import subprocess
 import sys
 import threading
@@ -22,6 +23,23 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 HTTP_BACKEND = "http-backend"
 StartResponse = Any  # wsgiref's start_response callable
+
+_JOURNAL: collections.deque[str] = collections.deque(maxlen=20)
+_IN_FLIGHT: dict[int, str] = {}
+_JOURNAL_LOCK = threading.Lock()
+
+
+def recent_requests() -> str:
+    """What the git servers of this process answered last, and what they are still serving.
+
+    A client that got no answer (a test's ``git push`` that hangs) prints this: it tells a
+    request the server never saw from one it answered or is still working on.
+    """
+    with _JOURNAL_LOCK:
+        done = list(_JOURNAL)
+        busy = list(_IN_FLIGHT.values())
+    lines = [f"  {line}" for line in done] + [f"  {line} ... still serving" for line in busy]
+    return "\n".join(lines) or "  (none)"
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
@@ -112,12 +130,25 @@ class GitHttpApp:
         A client that got no answer then knows whether the server was slow or never saw it.
         """
         started = time.monotonic()
+        what = f"{time.strftime('%H:%M:%S')} {environ['REQUEST_METHOD']} "
+        what += f"{environ.get('PATH_INFO', '')}?{environ.get('QUERY_STRING', '')}"
+        answered = ["no answer"]
+
+        def recording_start(status: str, headers: list[tuple[str, str]]) -> Any:
+            answered[0] = status
+            return start_response(status, headers)
+
+        key = threading.get_ident()
+        with _JOURNAL_LOCK:
+            _IN_FLIGHT[key] = what
         try:
-            return self._serve(environ, start_response)
+            return self._serve(environ, recording_start)
         finally:
             took = time.monotonic() - started
+            with _JOURNAL_LOCK:
+                _IN_FLIGHT.pop(key, None)
+                _JOURNAL.append(f"{what} -> {answered[0]} in {took:.2f}s")
             if took > self.SLOW_SECONDS:
-                what = f"{environ['REQUEST_METHOD']} {environ.get('PATH_INFO', '')}"
                 print(f"git server: {what} took {took:.1f}s", file=sys.stderr, flush=True)
 
     def _authorized(self, environ: dict[str, Any]) -> bool:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import yaml
+
+from e2e.gitops.git_server import recent_requests
 
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "kloop e2e",
@@ -14,6 +19,15 @@ GIT_IDENTITY = {
     "GIT_COMMITTER_NAME": "kloop e2e",
     "GIT_COMMITTER_EMAIL": "e2e@kloop.invalid",
 }
+GIT_TIMEOUT = 60.0
+"""Seconds one git command may take; a loopback push of a few manifests takes well under one."""
+NETWORK_ATTEMPTS = 3
+"""Tries of a command that talks to the server (push, fetch, ...); repeating one is harmless."""
+NETWORK_COMMANDS = frozenset({"push", "fetch", "pull", "clone", "ls-remote"})
+
+
+class GitTimeout(RuntimeError):
+    """A git command got no further within ``GIT_TIMEOUT``; the message says where it was."""
 
 
 class Workdir:
@@ -26,13 +40,7 @@ class Workdir:
         self.git("remote", "add", "origin", url)
 
     def git(self, *args: str, cwd: Path | None = None) -> str:
-        env = {**os.environ, **GIT_IDENTITY, "GIT_TERMINAL_PROMPT": "0"}
-        proc = subprocess.run(
-            ["git", *args], cwd=cwd or self.path, env=env, capture_output=True, text=True
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"git {' '.join(args)} failed: {proc.stderr}")
-        return proc.stdout
+        return run_git(*args, cwd=cwd or self.path)
 
     def write_yaml(self, relative: str, *documents: object) -> None:
         target = self.path / relative
@@ -45,3 +53,88 @@ class Workdir:
         self.git("commit", "-q", "-m", message)
         self.git(*push_options, "push", "-q", "origin", "main")
         return self.git("rev-parse", "HEAD").strip()
+
+
+def run_git(*args: str, cwd: Path) -> str:
+    """Run git in ``cwd``; a network command that hangs is killed, reported and run again.
+
+    CI once saw a loopback ``git push`` never return while the test server had no request in
+    progress: the report on stderr (the git processes' state, git's own trace, what the test
+    server last answered) says where it stood.
+    """
+    network = bool(NETWORK_COMMANDS & set(args))
+    attempts = NETWORK_ATTEMPTS if network else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            return _run_once(args, cwd)
+        except GitTimeout as err:
+            print(f"attempt {attempt}/{attempts}: {err}", file=sys.stderr, flush=True)
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _run_once(args: tuple[str, ...], cwd: Path) -> str:
+    with tempfile.NamedTemporaryFile(prefix="kloop-git-trace-", suffix=".log") as trace:
+        env = {
+            **os.environ,
+            **GIT_IDENTITY,
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_TRACE": trace.name,
+            "GIT_TRACE_CURL": trace.name,
+            "GIT_TRACE_CURL_NO_DATA": "1",
+        }
+        # its own session: a timeout kills git's helpers too (git-remote-http, send-pack), which
+        # would otherwise hold the output pipes open
+        proc = subprocess.Popen(
+            ["git", *args],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            out, err = proc.communicate(timeout=GIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            where = _session_state(proc.pid)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise GitTimeout(
+                f"git {' '.join(args)} did not finish in {GIT_TIMEOUT:.0f}s\n"
+                f"its processes:\n{where}\n"
+                f"its trace (tail):\n{_tail(Path(trace.name))}\n"
+                f"the test git servers' last requests:\n{recent_requests()}"
+            ) from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} failed: {err}")
+    return out
+
+
+def _session_state(sid: int) -> str:
+    """Each process of session ``sid``: pid, state, what it waits in, command line."""
+    lines = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[3]) != sid:  # fields after "pid (comm)": state ppid pgrp session ...
+                continue
+            wchan = (entry / "wchan").read_text()
+            argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except (OSError, ValueError):
+            continue  # ended meanwhile
+        lines.append(f"  {entry.name} {fields[0]} wchan={wchan or '-'} {argv}")
+    return "\n".join(lines) or "  (none left)"
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "  (none)"
+    return "\n".join(f"  {line}" for line in text[-lines:]) or "  (empty)"

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from pathlib import Path
+from typing import Any
 
-from e2e.gitops.git_server import git_server
+import pytest
+
+from e2e.gitops import workdir
+from e2e.gitops.git_server import GitHttpApp, git_server
 from e2e.gitops.workdir import Workdir
 
 
@@ -40,3 +45,37 @@ def test_push_larger_than_post_buffer_is_sent_chunked_and_accepted(tmp_path: Pat
             ["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True, check=True
         )
         assert head.stdout.strip() == sha
+
+
+def test_a_push_the_server_never_answers_is_killed_reported_and_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serve, release = GitHttpApp._serve, threading.Event()
+    held: list[str] = []
+
+    def hold_first_receive_pack(app: GitHttpApp, environ: dict[str, Any], start: Any) -> Any:
+        if str(environ.get("PATH_INFO", "")).endswith("/git-receive-pack") and not held:
+            held.append("POST")
+            release.wait(60)
+        return serve(app, environ, start)
+
+    monkeypatch.setattr(GitHttpApp, "_serve", hold_first_receive_pack)
+    monkeypatch.setattr(workdir, "GIT_TIMEOUT", 4.0)
+    with git_server(tmp_path / "srv") as server:
+        url = server.create_repo("held")
+        work = Workdir(url, tmp_path / "work")
+        work.write_yaml("a.yaml", {"kind": "ConfigMap"})
+        try:
+            sha = work.commit_and_push("first")
+        finally:
+            release.set()
+        remote = subprocess.run(
+            ["git", "ls-remote", url, "refs/heads/main"], capture_output=True, text=True, check=True
+        )
+    assert remote.stdout.split()[0] == sha, "the second attempt pushed"
+    report = capsys.readouterr().err
+    assert "attempt 1/3: git push -q origin main did not finish in 4s" in report, report
+    assert "git-remote-http" in report, "the hung helper is listed with its state"
+    assert "Send header: POST /held.git/git-receive-pack" in report, "git's trace: how far"
+    assert "/held.git/git-receive-pack? ... still serving" in report, report
+    assert "attempt 2/3" not in report

@@ -22,6 +22,7 @@ import pytest
 from kubernetes import client
 
 from e2e.gitops.git_server import GitServer, git_server
+from e2e.gitops.workdir import run_git
 from e2e.helpers import wait_for
 from e2e.loops import GROUP, VERSION, create_loop, events_for, greeting_loop
 from e2e.operator_process import OperatorProcess
@@ -271,11 +272,7 @@ def git() -> Iterator[GitServer]:
 
 
 def _git(work: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-C", str(work), "-c", "user.name=e2e", "-c", "user.email=e2e@kloop.local", *args],
-        check=True,
-        capture_output=True,
-    )
+    run_git("-c", "user.name=e2e", "-c", "user.email=e2e@kloop.local", *args, cwd=work)
 
 
 def test_polling_a_git_repository_starts_one_run_per_new_matching_tag(

@@ -24,6 +24,7 @@ from e2e.cluster import pki
 from e2e.cluster.kit import kit_image
 from e2e.fleet import TargetCluster, grant_agent, registered
 from e2e.gitops.git_server import GitServer, git_server
+from e2e.gitops.workdir import run_git
 from e2e.loops import GROUP, VERSION, create_loop, events_for, run_pods, wait_finished
 from e2e.operator_process import OperatorProcess, RunningOperator
 
@@ -126,9 +127,7 @@ def workspace_loop(
 def _git(cwd: Path, *args: str) -> str:
     auth = ["-c", f"http.extraHeader=Authorization: Basic {BASIC}"]
     ident = ["-c", "user.name=e2e", "-c", "user.email=e2e@kloop.invalid"]
-    proc = subprocess.run(["git", *auth, *ident, *args], cwd=cwd, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
+    return run_git(*auth, *ident, *args, cwd=cwd).strip()
 
 
 def _heads(url: str, tmp: Path) -> dict[str, str]:
