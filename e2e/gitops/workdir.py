@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +26,10 @@ GIT_TIMEOUT = 60.0
 NETWORK_ATTEMPTS = 3
 """Tries of a command that talks to the server (push, fetch, ...); repeating one is harmless."""
 NETWORK_COMMANDS = frozenset({"push", "fetch", "pull", "clone", "ls-remote"})
+TERM_GRACE = 3.0
+"""Seconds git gets after SIGTERM to clean up (a clone removes its half-written directory)."""
+_OPTIONS_WITH_VALUE = frozenset({"-c", "-C", "--git-dir", "--work-tree", "--namespace"})
+_AUTHORIZATION = re.compile(r"(Authorization:\s*\S+\s+)\S+", re.IGNORECASE)
 
 
 class GitTimeout(RuntimeError):
@@ -62,8 +68,7 @@ def run_git(*args: str, cwd: Path) -> str:
     progress: the report on stderr (the git processes' state, git's own trace, what the test
     server last answered) says where it stood.
     """
-    network = bool(NETWORK_COMMANDS & set(args))
-    attempts = NETWORK_ATTEMPTS if network else 1
+    attempts = NETWORK_ATTEMPTS if subcommand(args) in NETWORK_COMMANDS else 1
     for attempt in range(1, attempts + 1):
         try:
             return _run_once(args, cwd)
@@ -100,17 +105,45 @@ def _run_once(args: tuple[str, ...], cwd: Path) -> str:
             out, err = proc.communicate(timeout=GIT_TIMEOUT)
         except subprocess.TimeoutExpired:
             where = _session_state(proc.pid)
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise GitTimeout(
+            _stop_session(proc)
+            report = (
                 f"git {' '.join(args)} did not finish in {GIT_TIMEOUT:.0f}s\n"
                 f"its processes:\n{where}\n"
                 f"its trace (tail):\n{_tail(Path(trace.name))}\n"
                 f"the test git servers' last requests:\n{recent_requests()}"
-            ) from None
+            )
+            raise GitTimeout(redact(report)) from None
     if proc.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed: {err}")
+        raise RuntimeError(redact(f"git {' '.join(args)} failed: {err}"))
     return out
+
+
+def subcommand(args: tuple[str, ...]) -> str | None:
+    """The git command in ``args``, after git's own options (``-c key=value``, ``-C dir``)."""
+    rest = iter(args)
+    for arg in rest:
+        if arg in _OPTIONS_WITH_VALUE:
+            next(rest, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def redact(text: str) -> str:
+    """``Authorization: <scheme> <credentials>`` with the credentials hidden."""
+    return _AUTHORIZATION.sub(r"\1<redacted>", text)
+
+
+def _stop_session(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM git and its helpers, SIGKILL what is left after ``TERM_GRACE``."""
+    for sig, grace in ((signal.SIGTERM, TERM_GRACE), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.communicate(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _session_state(sid: int) -> str:

@@ -21,13 +21,20 @@ pytestmark = pytest.mark.integration
 NAME = "again-s0-local-i1-maker-in"
 
 
-def inputs(text: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": NAME},
-        "data": {"maker.json": text},
-    }
+def inputs(text: str, owner: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ConfigMap as kloop renders it (owned by its run), or as another writer left it."""
+    meta: dict[str, Any] = {"name": NAME}
+    if owner is not None:
+        meta["ownerReferences"] = [owner]
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"maker.json": text}}
+
+
+def an_owner(api_client: client.ApiClient, namespace: str) -> dict[str, Any]:
+    """A live object to own our inputs, so the garbage collector leaves them alone."""
+    made = client.CoreV1Api(api_client).create_namespaced_config_map(
+        namespace, {"metadata": {"name": "the-run"}}
+    )
+    return {"apiVersion": "v1", "kind": "ConfigMap", "name": "the-run", "uid": made.metadata.uid}
 
 
 class CollectedBeforeReplace(Kube):
@@ -62,7 +69,8 @@ def test_a_predecessors_inputs_collected_between_create_and_replace_are_written_
     core = client.CoreV1Api(api_client)
     core.create_namespaced_config_map(namespace, inputs("the deleted run's"))
     kube = CollectedBeforeReplace(api_client, namespace, times=1)
-    asyncio.run(_write_inputs(kube, namespace, inputs("this run's")))
+    ours = inputs("this run's", an_owner(api_client, namespace))
+    asyncio.run(_write_inputs(kube, namespace, ours))
     assert read(api_client, namespace) == {"maker.json": "this run's"}
 
 
@@ -83,3 +91,21 @@ def test_inputs_that_never_settle_give_up_for_this_pass_only(
     kube = CollectedBeforeReplace(api_client, namespace, times=INPUT_ATTEMPTS + 1)
     with pytest.raises(InputsUnsettled, match=NAME):
         asyncio.run(_write_inputs(kube, namespace, inputs("this run's")))
+
+
+def test_inputs_still_being_deleted_are_left_alone_until_they_are_gone(
+    api_client: client.ApiClient, namespace: str
+) -> None:
+    """Replacing them would keep their uid: a collector that already chose it deletes ours."""
+    core = client.CoreV1Api(api_client)
+    held = inputs("the deleted run's")
+    held["metadata"]["finalizers"] = ["kloop.dev/test-hold"]
+    core.create_namespaced_config_map(namespace, held)
+    core.delete_namespaced_config_map(NAME, namespace)
+    ours = inputs("this run's", an_owner(api_client, namespace))
+    with pytest.raises(InputsUnsettled, match="still being garbage-collected"):
+        asyncio.run(_write_inputs(Kube(api_client), namespace, ours))
+    assert read(api_client, namespace) == {"maker.json": "the deleted run's"}
+    core.patch_namespaced_config_map(NAME, namespace, {"metadata": {"finalizers": None}})
+    asyncio.run(_write_inputs(Kube(api_client), namespace, ours))
+    assert read(api_client, namespace) == {"maker.json": "this run's"}

@@ -354,10 +354,11 @@ async def _write_target(
 async def _write_inputs(kube: Kube, namespace: str, inputs: Json) -> None:
     """Create the pod's inputs ConfigMap, or overwrite one that exists with kloop's content.
 
-    One that exists was written by an earlier attempt of ours, planted to feed the pod a forged
-    maker.json or feedback.json (either way the pod must read what kloop decided), or left by a
-    deleted run of the same name: the garbage collector may remove that one between our create
-    and our replace, so a replace that finds nothing creates again.
+    One that exists was written by an earlier attempt of ours or planted to feed the pod a
+    forged maker.json or feedback.json: either way the pod must read what kloop decided. One
+    left by a deleted run of the same name is never taken over: the garbage collector may still
+    delete it (by uid) after our replace, leaving the pod without inputs. A later pass creates a
+    new one once it is gone; a replace that finds it gone already creates again.
     """
     name = inputs["metadata"]["name"]
     for _ in range(INPUT_ATTEMPTS):
@@ -368,12 +369,34 @@ async def _write_inputs(kube: Kube, namespace: str, inputs: Json) -> None:
             if not is_status(err, 409):
                 raise
         try:
+            if inputs["metadata"].get("ownerReferences"):  # in a target: no owner, no collector
+                existing = await kube.call(kube.core.read_namespaced_config_map, name, namespace)
+                if left_by_predecessor(existing, inputs):
+                    raise InputsUnsettled(
+                        f"ConfigMap {namespace}/{name} is a deleted run's, still being "
+                        "garbage-collected: it is created anew once it is gone"
+                    )
             await kube.call(kube.core.replace_namespaced_config_map, name, namespace, inputs)
             return
         except Exception as err:
             if not is_status(err, 404):
                 raise
     raise InputsUnsettled(f"ConfigMap {namespace}/{name} kept appearing and vanishing")
+
+
+def left_by_predecessor(existing: Json, ours: Json) -> bool:
+    """Whether ``existing`` belongs to a deleted owner of our name (or is being deleted)."""
+    meta = existing.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return True
+    mine = {
+        (o.get("kind"), o.get("name")): o.get("uid") for o in ours["metadata"]["ownerReferences"]
+    }
+    for owner in meta.get("ownerReferences") or []:
+        uid = mine.get((owner.get("kind"), owner.get("name")))
+        if uid is not None and uid != owner.get("uid"):
+            return True
+    return False
 
 
 async def _adopt_or_reject(kube: Kube, snap: Snapshot, action: CreatePod, caches: Caches) -> None:
