@@ -28,8 +28,13 @@ NETWORK_ATTEMPTS = 3
 NETWORK_COMMANDS = frozenset({"push", "fetch", "pull", "clone", "ls-remote"})
 TERM_GRACE = 3.0
 """Seconds git gets after SIGTERM to clean up (a clone removes its half-written directory)."""
-_OPTIONS_WITH_VALUE = frozenset({"-c", "-C", "--git-dir", "--work-tree", "--namespace"})
-_AUTHORIZATION = re.compile(r"(Authorization:\s*\S+\s+)\S+", re.IGNORECASE)
+_OPTIONS_WITH_VALUE = frozenset(
+    {"-c", "-C", "--config-env", "--attr-source", "--git-dir", "--work-tree", "--namespace"}
+)
+_AUTHORIZATION = re.compile(
+    r"(Authorization:\s*(?:(?:Basic|Bearer|Token|Digest|Negotiate)\s+)?)[^\s'\"]+", re.IGNORECASE
+)
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^/\s@]+@")
 
 
 class GitTimeout(RuntimeError):
@@ -130,12 +135,17 @@ def subcommand(args: tuple[str, ...]) -> str | None:
 
 
 def redact(text: str) -> str:
-    """``Authorization: <scheme> <credentials>`` with the credentials hidden."""
-    return _AUTHORIZATION.sub(r"\1<redacted>", text)
+    """``Authorization: [scheme] <secret>`` and ``://user:<secret>@`` with the secret hidden."""
+    return _URL_PASSWORD.sub(r"\1<redacted>@", _AUTHORIZATION.sub(r"\1<redacted>", text))
 
 
 def _stop_session(proc: subprocess.Popen[str]) -> None:
-    """SIGTERM git and its helpers, SIGKILL what is left after ``TERM_GRACE``."""
+    """SIGTERM git and its helpers, SIGKILL what is left after ``TERM_GRACE``.
+
+    A helper that left the session (none of git's do) could still hold the pipes: then this
+    gives up after the SIGKILL's 10 s; a clone that needed SIGKILL leaves its directory behind,
+    and its retry fails saying so.
+    """
     for sig, grace in ((signal.SIGTERM, TERM_GRACE), (signal.SIGKILL, 10.0)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)

@@ -103,9 +103,11 @@ def test_inputs_still_being_deleted_are_left_alone_until_they_are_gone(
     core.create_namespaced_config_map(namespace, held)
     core.delete_namespaced_config_map(NAME, namespace)
     ours = inputs("this run's", an_owner(api_client, namespace))
-    with pytest.raises(InputsUnsettled, match="still being garbage-collected"):
-        asyncio.run(_write_inputs(Kube(api_client), namespace, ours))
-    assert read(api_client, namespace) == {"maker.json": "the deleted run's"}
-    core.patch_namespaced_config_map(NAME, namespace, {"metadata": {"finalizers": None}})
+    try:
+        with pytest.raises(InputsUnsettled, match="still being garbage-collected"):
+            asyncio.run(_write_inputs(Kube(api_client), namespace, ours))
+        assert read(api_client, namespace) == {"maker.json": "the deleted run's"}
+    finally:  # else the namespace would never finish terminating
+        core.patch_namespaced_config_map(NAME, namespace, {"metadata": {"finalizers": None}})
     asyncio.run(_write_inputs(Kube(api_client), namespace, ours))
     assert read(api_client, namespace) == {"maker.json": "this run's"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from kloop.adapters import drift, events, memory, oracles, targets
 from kloop.adapters.clusters import MintRefused, token_seconds
@@ -54,6 +55,9 @@ from kloop.metrics import PODS_CREATED, RUNS, record_transition
 log = logging.getLogger("kloop.apply")
 INPUT_ATTEMPTS = 3
 """Create-or-replace rounds for a pod's inputs before the pass gives up (the next one retries)."""
+INPUT_WAIT_SECONDS = 300.0
+"""How long a pod waits for a predecessor's inputs ConfigMap to be collected (seconds, normally
+a few): one held by a finalizer or an owner the collector cannot resolve fails the run."""
 
 
 class Conflict(Exception):
@@ -181,6 +185,12 @@ async def _create_pod(kube: Kube, snap: Snapshot, action: CreatePod, caches: Cac
     except MintRefused as err:
         caches.rejected[(uid, action.pod.name)] = str(err)[:1000]
         log.warning("no token for the pod", extra={"pod": action.pod.name, "why": str(err)})
+    except InputsUnsettled as err:  # before any token was minted: nothing to clean up
+        if not waited_too_long(caches.input_waits, (uid, action.pod.name), time.monotonic()):
+            raise
+        message = f"{err}; still there after {INPUT_WAIT_SECONDS:.0f}s"
+        caches.rejected[(uid, action.pod.name)] = message[:1000]
+        log.warning("pod inputs blocked", extra={"pod": action.pod.name, "why": message})
     except Exception as err:
         message = api_message(err)
         # a 4xx but 409/429 (invalid template, admission policy, quota) will not change by
@@ -384,19 +394,28 @@ async def _write_inputs(kube: Kube, namespace: str, inputs: Json) -> None:
     raise InputsUnsettled(f"ConfigMap {namespace}/{name} kept appearing and vanishing")
 
 
+def waited_too_long(waits: dict[tuple[str, str], float], key: tuple[str, str], now: float) -> bool:
+    """Whether a pod has waited ``INPUT_WAIT_SECONDS`` for its inputs (the first call starts it)."""
+    return now - waits.setdefault(key, now) >= INPUT_WAIT_SECONDS
+
+
 def left_by_predecessor(existing: Json, ours: Json) -> bool:
     """Whether ``existing`` belongs to a deleted owner of our name (or is being deleted)."""
     meta = existing.get("metadata") or {}
     if meta.get("deletionTimestamp"):
         return True
-    mine = {
-        (o.get("kind"), o.get("name")): o.get("uid") for o in ours["metadata"]["ownerReferences"]
-    }
+    mine = {_owner_key(o): o.get("uid") for o in ours["metadata"]["ownerReferences"]}
     for owner in meta.get("ownerReferences") or []:
-        uid = mine.get((owner.get("kind"), owner.get("name")))
+        uid = mine.get(_owner_key(owner))
         if uid is not None and uid != owner.get("uid"):
             return True
     return False
+
+
+def _owner_key(owner: Json) -> tuple[str, str, str]:
+    """An owner's API group, kind and name: a LoopRun of our name in another group is not ours."""
+    group = str(owner.get("apiVersion") or "").rpartition("/")[0]
+    return group, str(owner.get("kind")), str(owner.get("name"))
 
 
 async def _adopt_or_reject(kube: Kube, snap: Snapshot, action: CreatePod, caches: Caches) -> None:

@@ -58,6 +58,8 @@ class Caches:
     rejected: dict[tuple[str, str], str] = field(default_factory=dict)
     created: dict[tuple[str, str], str] = field(default_factory=dict)
     mint_failures: dict[tuple[str, str], int] = field(default_factory=dict)
+    input_waits: dict[tuple[str, str], float] = field(default_factory=dict)
+    """(run uid, pod) -> since when (monotonic) its inputs wait for a predecessor's to go."""
     untrusted: dict[tuple[str, str], str] = field(default_factory=dict)
     write_rejected: dict[str, tuple[str, str]] = field(default_factory=dict)
     pending: dict[tuple[str, int, str], asyncio.Task[None]] = field(default_factory=dict)
@@ -91,6 +93,7 @@ class Caches:
         self.rejected = {k: v for k, v in self.rejected.items() if k[0] != uid}
         self.created = {k: v for k, v in self.created.items() if k[0] != uid}
         self.mint_failures = {k: v for k, v in self.mint_failures.items() if k[0] != uid}
+        self.input_waits = {k: v for k, v in self.input_waits.items() if k[0] != uid}
         self.untrusted = {k: v for k, v in self.untrusted.items() if k[0] != uid}
         self.tokens = {k: v for k, v in self.tokens.items() if k[0] != uid}
         self.cleaned = {k for k in self.cleaned if k[0] != uid}
