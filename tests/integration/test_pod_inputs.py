@@ -63,34 +63,42 @@ def read(api_client: client.ApiClient, namespace: str) -> dict[str, str]:
     return client.CoreV1Api(api_client).read_namespaced_config_map(NAME, namespace).data
 
 
+def plant(api_client: client.ApiClient, namespace: str, text: str, **meta: Any) -> None:
+    """A ConfigMap under the inputs' name, as another writer (or a deleted run) left it."""
+    body = inputs(text)
+    body["metadata"].update(meta)
+    client.CoreV1Api(api_client).create_namespaced_config_map(namespace, body)
+
+
+def write(kube: Kube, api_client: client.ApiClient, namespace: str) -> None:
+    """Write this run's inputs, owned by a live object, as kloop does on the hub."""
+    ours = inputs("this run's", an_owner(api_client, namespace))
+    asyncio.run(_write_inputs(kube, namespace, ours))
+
+
 def test_a_predecessors_inputs_collected_between_create_and_replace_are_written_anew(
     api_client: client.ApiClient, namespace: str
 ) -> None:
-    core = client.CoreV1Api(api_client)
-    core.create_namespaced_config_map(namespace, inputs("the deleted run's"))
-    kube = CollectedBeforeReplace(api_client, namespace, times=1)
-    ours = inputs("this run's", an_owner(api_client, namespace))
-    asyncio.run(_write_inputs(kube, namespace, ours))
+    plant(api_client, namespace, "the deleted run's")
+    write(CollectedBeforeReplace(api_client, namespace, times=1), api_client, namespace)
     assert read(api_client, namespace) == {"maker.json": "this run's"}
 
 
 def test_inputs_left_in_place_are_overwritten_with_what_kloop_decided(
     api_client: client.ApiClient, namespace: str
 ) -> None:
-    core = client.CoreV1Api(api_client)
-    core.create_namespaced_config_map(namespace, inputs("forged"))
-    asyncio.run(_write_inputs(Kube(api_client), namespace, inputs("this run's")))
+    plant(api_client, namespace, "forged")
+    write(Kube(api_client), api_client, namespace)
     assert read(api_client, namespace) == {"maker.json": "this run's"}
 
 
 def test_inputs_that_never_settle_give_up_for_this_pass_only(
     api_client: client.ApiClient, namespace: str
 ) -> None:
-    core = client.CoreV1Api(api_client)
-    core.create_namespaced_config_map(namespace, inputs("stale"))
+    plant(api_client, namespace, "stale")
     kube = CollectedBeforeReplace(api_client, namespace, times=INPUT_ATTEMPTS + 1)
     with pytest.raises(InputsUnsettled, match=NAME):
-        asyncio.run(_write_inputs(kube, namespace, inputs("this run's")))
+        write(kube, api_client, namespace)
 
 
 def test_inputs_still_being_deleted_are_left_alone_until_they_are_gone(
@@ -98,9 +106,7 @@ def test_inputs_still_being_deleted_are_left_alone_until_they_are_gone(
 ) -> None:
     """Replacing them would keep their uid: a collector that already chose it deletes ours."""
     core = client.CoreV1Api(api_client)
-    held = inputs("the deleted run's")
-    held["metadata"]["finalizers"] = ["kloop.dev/test-hold"]
-    core.create_namespaced_config_map(namespace, held)
+    plant(api_client, namespace, "the deleted run's", finalizers=["kloop.dev/test-hold"])
     core.delete_namespaced_config_map(NAME, namespace)
     ours = inputs("this run's", an_owner(api_client, namespace))
     try:

@@ -1,4 +1,4 @@
-"""Which existing inputs ConfigMap kloop may overwrite and which it leaves to the collector."""
+"""Which object under a pod's or its inputs' name kloop leaves to the garbage collector."""
 
 from __future__ import annotations
 
@@ -10,12 +10,7 @@ from kloop.adapters.apply import INPUT_WAIT_SECONDS, left_by_predecessor, waited
 from kloop.api import GROUP, VERSION
 
 RUN = f"{GROUP}/{VERSION}"
-OURS = {
-    "metadata": {
-        "name": "again-s0-local-i1-maker-in",
-        "ownerReferences": [{"apiVersion": RUN, "kind": "LoopRun", "name": "again", "uid": "new"}],
-    }
-}
+OURS = {"apiVersion": RUN, "kind": "LoopRun", "name": "again", "uid": "new"}
 
 
 def owned_by(api_version: str, kind: str, name: str, uid: str) -> dict[str, Any]:

@@ -65,7 +65,7 @@ class Conflict(Exception):
 
 
 class InputsUnsettled(Exception):
-    """A pod's inputs ConfigMap kept appearing and vanishing under us: try on the next pass."""
+    """A pod's inputs ConfigMap is a deleted run's, or kept vanishing: try on a later pass."""
 
 
 class Gone(Exception):
@@ -379,9 +379,10 @@ async def _write_inputs(kube: Kube, namespace: str, inputs: Json) -> None:
             if not is_status(err, 409):
                 raise
         try:
-            if inputs["metadata"].get("ownerReferences"):  # in a target: no owner, no collector
+            owners = inputs["metadata"].get("ownerReferences")  # in a target: none, no collector
+            if owners:
                 existing = await kube.call(kube.core.read_namespaced_config_map, name, namespace)
-                if left_by_predecessor(existing, inputs):
+                if left_by_predecessor(existing, owners[0]):
                     raise InputsUnsettled(
                         f"ConfigMap {namespace}/{name} is a deleted run's, still being "
                         "garbage-collected: it is created anew once it is gone"
@@ -399,17 +400,19 @@ def waited_too_long(waits: dict[tuple[str, str], float], key: tuple[str, str], n
     return now - waits.setdefault(key, now) >= INPUT_WAIT_SECONDS
 
 
-def left_by_predecessor(existing: Json, ours: Json) -> bool:
-    """Whether ``existing`` belongs to a deleted owner of our name (or is being deleted)."""
+def left_by_predecessor(existing: Json, owner: Json) -> bool:
+    """Whether ``existing`` is being deleted or belongs to an earlier ``owner`` of that name.
+
+    ``owner`` is our run's ownerReference: an object of a deleted run of the same name (another
+    uid) is the garbage collector's, soon gone; kloop waits for it rather than taking it over.
+    """
     meta = existing.get("metadata") or {}
     if meta.get("deletionTimestamp"):
         return True
-    mine = {_owner_key(o): o.get("uid") for o in ours["metadata"]["ownerReferences"]}
-    for owner in meta.get("ownerReferences") or []:
-        uid = mine.get(_owner_key(owner))
-        if uid is not None and uid != owner.get("uid"):
-            return True
-    return False
+    return any(
+        _owner_key(theirs) == _owner_key(owner) and theirs.get("uid") != owner.get("uid")
+        for theirs in meta.get("ownerReferences") or []
+    )
 
 
 def _owner_key(owner: Json) -> tuple[str, str, str]:
@@ -426,6 +429,7 @@ async def _adopt_or_reject(kube: Kube, snap: Snapshot, action: CreatePod, caches
     owner. It is never adopted: the core sees it as untrusted.
     """
     meta = snap.run["metadata"]
+    key = (meta["uid"], action.pod.name)
     found = await kube.call(  # list, not get: the operator's RBAC has no get on pods
         kube.core.list_namespaced_pod,
         meta["namespace"],
@@ -436,17 +440,16 @@ async def _adopt_or_reject(kube: Kube, snap: Snapshot, action: CreatePod, caches
     existing = found["items"][0]
     owners = existing["metadata"].get("ownerReferences") or []
     if any(o.get("uid") == meta["uid"] for o in owners):
-        caches.untrusted[(meta["uid"], action.pod.name)] = (
+        caches.untrusted[key] = (
             f"a pod named {action.pod.name} appeared before kloop created it: not trusted"
         )
         log.warning("untrusted pod under our name", extra={"pod": action.pod.name})
         return
-    predecessor = any(o.get("kind") == "LoopRun" and o.get("name") == meta["name"] for o in owners)
-    if existing["metadata"].get("deletionTimestamp") or predecessor:
+    if left_by_predecessor(existing, owner_reference(snap.run)):
         # a deleted run of the same name: its pods are being garbage-collected; try again later
         log.info("pod of a previous run still exists, waiting", extra={"pod": action.pod.name})
         return
-    caches.rejected[(meta["uid"], action.pod.name)] = (
+    caches.rejected[key] = (
         f"a pod named {action.pod.name} already exists and belongs to something else"
     )
 
